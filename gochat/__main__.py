@@ -1,0 +1,99 @@
+"""`gochat`: CLI flags over the environment -> Settings -> logging -> run the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .config import OPTIONS, Settings
+
+log = logging.getLogger("gochat")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gochat",
+        description="Real-time chat server. Every flag has an environment variable; "
+        "a flag given on the command line wins.",
+    )
+    for opt in OPTIONS:
+        default = Settings.model_fields[opt.field].get_default(call_default_factory=False)
+        shown = "" if default in (None, (), "") else f" (default: {default})"
+        if opt.field == "trust_proxy":
+            parser.add_argument(
+                opt.flag,
+                dest=opt.field,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{opt.help} [{opt.env}]",
+            )
+            continue
+        parser.add_argument(
+            opt.flag,
+            dest=opt.field,
+            default=None,
+            metavar=opt.env,
+            help=f"{opt.help}{shown} [{opt.env}]",
+        )
+    sub = parser.add_subparsers(dest="command", metavar="{serve,token}")
+    sub.add_parser("serve", help="serve (the default)")
+    token = sub.add_parser("token", help="mint a client JWT for local use (needs the secret)")
+    token.add_argument("user", help="userId (the token's sub)")
+    token.add_argument("--name", help="display name (default: the userId)")
+    token.add_argument("--ttl", type=float, default=3600, help="seconds until it expires")
+    token.add_argument("--rooms", help="comma-separated rooms the holder may join")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {opt.field: getattr(args, opt.field) for opt in OPTIONS}
+    try:
+        settings = Settings.from_env(os.environ, **overrides)
+    except ValidationError as exc:
+        parser.exit(2, f"gochat: invalid configuration:\n{exc}\n")
+
+    if args.command == "token":
+        from .auth import mint
+
+        if not settings.auth_secret:
+            parser.exit(2, "gochat token: set GOCHAT_AUTH_SECRET (or --auth-secret)\n")
+        rooms = [r for r in args.rooms.split(",") if r] if args.rooms else None
+        print(mint(settings.auth_secret, args.user, args.name, args.ttl, rooms))
+        return
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from .app import create_app
+
+    app = create_app(settings)
+    log.info(
+        "gochat node %s serving on http://%s:%d (%s)",
+        settings.node_id,
+        settings.host,
+        settings.port,
+        "Redis" if settings.redis_url else "in memory",
+    )
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_grace,
+        print=None,
+        access_log=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`create_app`: assemble the aiohttp application (synchronous, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from .assets import asset_dir
+from .brokers import Broker, create_broker
+from .config import Settings
+from .events import EventTap
+from .hub import Hub
+from .keys import BROKER, HUB, SETTINGS, TAP
+from .ws import chat_ws
+
+STATIC_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\.(?:js|css|svg|png|ico|webmanifest)"
+
+# Pages may load only our own scripts, styles and images, and talk only to our own server.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@asynccontextmanager
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the broker's listener; on cleanup leave the cluster cleanly."""
+    broker = app[BROKER]
+    await broker.start()
+    yield
+    await broker.stop()
+
+
+async def shutdown_clients(app: web.Application) -> None:
+    """on_shutdown: every client gets close 1001 while the broker is still up."""
+    await app[HUB].shutdown()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    hub = request.app[HUB]
+    if hub.closing:
+        return web.json_response({"status": "unavailable", "reason": "shutting down"}, status=503)
+    if not broker.ready:
+        return web.json_response(
+            {"status": "unavailable", "broker": broker.kind, "reason": broker.reason}, status=503
+        )
+    return web.json_response({"status": "ready", "broker": broker.kind})
+
+
+def add_web_client(app: web.Application) -> None:
+    """The browser client: `/` and the flat files next to it (no index, no traversal)."""
+    root = asset_dir("web")
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(root / "index.html")
+
+    async def static_file(request: web.Request) -> web.FileResponse:
+        path = root / request.match_info["name"]
+        if path.is_symlink() or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/{name:" + STATIC_NAME + "}", static_file)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if response.status != 101:
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+
+
+def create_app(
+    settings: Settings | None = None, *, broker: Broker | None = None
+) -> web.Application:
+    """One application: /ws, /healthz, /readyz and the browser client at /."""
+    settings = settings if settings is not None else Settings.from_env()
+    app = web.Application()
+    app[SETTINGS] = settings
+    tap = app[TAP] = EventTap(settings.node_id)
+    broker = app[BROKER] = broker if broker is not None else create_broker(settings)
+    app[HUB] = Hub(settings, broker, tap)
+
+    app.router.add_get("/ws", chat_ws)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    add_web_client(app)
+
+    app.cleanup_ctx.append(broker_ctx)
+    app.on_shutdown.append(shutdown_clients)
+    app.on_response_prepare.append(_security_headers)
+    return app

@@ -1,0 +1,148 @@
+"""The broker contract: fan-out, history and presence, knowing nothing about WebSockets.
+
+Every room message makes the round trip through the broker, in memory too, so there is one
+order per room on every node. The broker hands each room message to the node's handler as an
+*envelope*: one kind byte, a key, a newline, then the exact JSON the clients receive. The Hub
+reads the key without decoding the JSON, so each message is decoded at most once per node
+(in practice never: its bytes are framed and written as they are).
+
+    c<id>\n<chat JSON>          a chat message, to every local member
+    p<userId>\n<presence JSON>  a presence transition, to every local member but that user
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..protocol import Member, encode
+
+CHAT = ord("c")
+PRESENCE = ord("p")
+
+MessageHandler = Callable[[str, bytes], None]
+"""Called with (room, envelope) for every message on a room this node subscribes to."""
+
+StateHandler = Callable[[bool, str], None]
+"""Called with (ready, reason) whenever the broker becomes usable or unusable."""
+
+EventHandler = Callable[[bytes], None]
+"""Called with each cluster event (see events.py) published by any node."""
+
+PresenceSource = Callable[[], Iterable[tuple[str, str, str, str]]]
+"""(room, connection id, userId, name) of every local membership: what a broker that lost
+its backend registers again when it returns."""
+
+History = list[tuple[bytes, bytes]]
+"""(id, wire JSON) of kept chat messages, oldest first."""
+
+CHAT_PREFIX = b'{"type":"chat","id":"'
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take this request now; the caller answers `unavailable`."""
+
+
+def chat_suffix(fields: dict[str, Any]) -> bytes:
+    """The part of a chat message after its id: `wire = CHAT_PREFIX + id + suffix`.
+
+    The broker chooses the id (a Redis Stream id in Redis), so the message is serialised
+    once without it and the id is spliced in, in Python or in a Lua script alike.
+    """
+    return b'",' + encode(fields)[1:]
+
+
+def chat_envelope(msg_id: bytes, wire: bytes) -> bytes:
+    return b"c" + msg_id + b"\n" + wire
+
+
+def presence_envelope(user_id: str, wire: bytes) -> bytes:
+    return b"p" + user_id.encode() + b"\n" + wire
+
+
+def split_envelope(envelope: bytes) -> tuple[int, bytes, bytes]:
+    """(kind, key, wire JSON) of an envelope; raises ValueError when it is not one."""
+    nl = envelope.index(b"\n")
+    return envelope[0], envelope[1:nl], envelope[nl + 1 :]
+
+
+class Broker(ABC):
+    """Fan-out, history and presence for one node; one implementation per backend."""
+
+    kind: str = "abstract"
+
+    def __init__(self, node_id: str, history: int) -> None:
+        self.node_id = node_id
+        self.history_size = history
+        self.ready = False
+        self.reason = "not started"
+        self._on_message: MessageHandler | None = None
+        self._on_state: StateHandler | None = None
+        self._on_event: EventHandler | None = None
+        self._presence_source: PresenceSource | None = None
+
+    def bind(
+        self,
+        on_message: MessageHandler,
+        on_state: StateHandler | None = None,
+        on_event: EventHandler | None = None,
+        presence_source: PresenceSource | None = None,
+    ) -> None:
+        """Set the callbacks the broker's listener delivers to (the Hub's)."""
+        self._on_message = on_message
+        self._on_state = on_state
+        self._on_event = on_event
+        self._presence_source = presence_source
+
+    def _set_state(self, ready: bool, reason: str) -> None:
+        changed = ready != self.ready
+        self.ready, self.reason = ready, reason
+        if changed and self._on_state is not None:
+            self._on_state(ready, reason)
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Begin listening; return without waiting for a backend that is down."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Leave cleanly (this node's presence removed) and stop every task."""
+
+    @abstractmethod
+    async def subscribe(self, room: str) -> None:
+        """Receive `room`'s messages on this node (called when its first local member joins)."""
+
+    @abstractmethod
+    async def unsubscribe(self, room: str) -> None:
+        """Stop receiving `room` (called when its last local member leaves)."""
+
+    @abstractmethod
+    async def publish(self, room: str, fields: dict[str, Any]) -> str:
+        """Give `fields` (a chat message without `type` and `id`) an id, append it to the
+        room's history and deliver it to every subscribed node, atomically; return the id."""
+
+    @abstractmethod
+    async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
+        """The room's kept messages (id and wire JSON, oldest first). With `since`: those after it
+        and True when it is still kept, else all of them and False."""
+
+    @abstractmethod
+    async def presence_add(self, room: str, conn_id: str, user_id: str, name: str) -> None:
+        """Count one connection of `user_id` in `room`; publish `online` if it is the
+        user's first anywhere in the cluster."""
+
+    @abstractmethod
+    async def presence_remove(self, room: str, conn_id: str, user_id: str, name: str) -> None:
+        """Uncount it; publish `offline` if it was the user's last anywhere in the cluster."""
+
+    @abstractmethod
+    async def members(self, room: str) -> list[Member]:
+        """The room's members across the cluster, one entry per user."""
+
+    def publish_event(self, data: bytes) -> None:  # noqa: B027 - optional hook
+        """Share one console event with every node (no-op for a single process)."""
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """What the broker knows of the cluster's nodes (just this one by default)."""
+        return [{"id": self.node_id}]

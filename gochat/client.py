@@ -1,0 +1,85 @@
+"""One connection: identity, rooms, pending frames, counters and its rate bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+
+class Client:
+    """A WebSocket connection as the Hub sees it. The Hub never awaits it."""
+
+    __slots__ = (
+        "id",
+        "user_id",
+        "name",
+        "remote",
+        "ws",
+        "transport",
+        "rooms",
+        "pending",
+        "closed",
+        "close_code",
+        "connected_at",
+        "msgs_in",
+        "msgs_out",
+        "allowed_rooms",
+        "_tokens",
+        "_tokens_at",
+        "limited_since",
+    )
+
+    def __init__(
+        self,
+        conn_id: str,
+        user_id: str,
+        name: str,
+        remote: str,
+        ws: web.WebSocketResponse | None,
+        transport: asyncio.Transport | None,
+        allowed_rooms: frozenset[str] | None = None,
+    ) -> None:
+        self.id = conn_id
+        self.user_id = user_id
+        self.name = name
+        self.remote = remote
+        self.ws = ws
+        self.transport = transport
+        self.rooms: set[str] = set()
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.close_code: int | None = None
+        self.connected_at = time.time()
+        self.msgs_in = 0
+        self.msgs_out = 0
+        self.allowed_rooms = allowed_rooms  # from a token's `rooms` claim; None: any room
+        self._tokens = -1.0  # token bucket, filled on first use
+        self._tokens_at = 0.0
+        self.limited_since: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} {self.user_id!r} {self.remote}>"
+
+    def take_token(self, rate: float, now: float) -> bool:
+        """Token bucket: `rate` per second, burst twice that. False when over the rate."""
+        burst = 2 * rate
+        if self._tokens < 0:
+            self._tokens, self._tokens_at = burst, now
+        else:
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+            self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens
+
+    def buffered_bytes(self) -> int:
+        """Bytes written but not yet taken by the kernel (the slow-consumer measure)."""
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0

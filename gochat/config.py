@@ -1,0 +1,171 @@
+"""Settings: one frozen model, read once from the environment (and CLI flags) at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def default_node_id() -> str:
+    """Host name plus pid: unique per process, readable in the console."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the environment and the CLI know it."""
+
+    field: str
+    env: str
+    help: str
+    flag: str
+
+
+# The contract's configuration table, in its order; CLI flags mirror these names.
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "HOST", "listen address", "--host"),
+    Option("port", "PORT", "listen port (a PaaS sets PORT)", "--port"),
+    Option(
+        "redis_url",
+        "REDIS_URL",
+        "redis:// or rediss:// URL: many nodes through Redis; unset: in memory, one process",
+        "--redis-url",
+    ),
+    Option(
+        "admin_token",
+        "GOCHAT_ADMIN_TOKEN",
+        "operations console secret; unset: a random one is made and logged once",
+        "--admin-token",
+    ),
+    Option(
+        "allowed_origins",
+        "GOCHAT_ALLOWED_ORIGINS",
+        "comma-separated extra origins allowed to open /ws",
+        "--allowed-origins",
+    ),
+    Option("history", "GOCHAT_HISTORY", "chat messages kept per room", "--history"),
+    Option("node_id", "GOCHAT_NODE_ID", "this node's name (default: host name + pid)", "--node-id"),
+    Option("max_text", "GOCHAT_MAX_TEXT", "longest chat text in characters", "--max-text"),
+    Option("max_frame", "GOCHAT_MAX_FRAME", "largest client frame in bytes", "--max-frame"),
+    Option("max_rooms", "GOCHAT_MAX_ROOMS", "rooms one connection may join", "--max-rooms"),
+    Option(
+        "send_buffer",
+        "GOCHAT_SEND_BUFFER",
+        "outbound messages buffered per connection before close 1013 (counted in bytes: "
+        "this many times 4 KiB)",
+        "--send-buffer",
+    ),
+    Option(
+        "rate",
+        "GOCHAT_RATE",
+        "frames per second per connection (burst twice that); 0 = no limit",
+        "--rate",
+    ),
+    Option(
+        "max_conn_per_ip",
+        "GOCHAT_MAX_CONN_PER_IP",
+        "connections per client address (429 over it); 0 = no limit",
+        "--max-conn-per-ip",
+    ),
+    Option("heartbeat", "GOCHAT_HEARTBEAT", "seconds between WebSocket pings", "--heartbeat"),
+    Option(
+        "presence_ttl",
+        "GOCHAT_PRESENCE_TTL",
+        "seconds after which a silent node's members are dropped from presence",
+        "--presence-ttl",
+    ),
+    Option(
+        "auth_secret",
+        "GOCHAT_AUTH_SECRET",
+        "HS256 secret; when set, /ws needs a JWT in ?token=",
+        "--auth-secret",
+    ),
+    Option("key_prefix", "GOCHAT_PREFIX", "prefix of every Redis key and channel", "--prefix"),
+    Option(
+        "trust_proxy",
+        "GOCHAT_TRUST_PROXY",
+        "take the client address from X-Forwarded-For (only behind a router that sets it)",
+        "--trust-proxy",
+    ),
+    Option(
+        "max_connections",
+        "GOCHAT_MAX_CONNECTIONS",
+        "connections this node accepts (503 over it); 0 = no limit",
+        "--max-connections",
+    ),
+    Option(
+        "shutdown_grace",
+        "GOCHAT_SHUTDOWN_GRACE",
+        "seconds given to clients to close on shutdown",
+        "--shutdown-grace",
+    ),
+    Option("log_level", "GOCHAT_LOG_LEVEL", "logging level", "--log-level"),
+)
+
+
+class Settings(BaseModel):
+    """Everything gochat reads from its environment, validated once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    redis_url: str | None = None
+    admin_token: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    history: int = Field(100, ge=0, le=100_000)
+    node_id: str = Field(default_factory=default_node_id, min_length=1, max_length=64)
+    max_text: int = Field(4096, ge=1)
+    max_frame: int = Field(65536, ge=256)
+    max_rooms: int = Field(32, ge=1)
+    send_buffer: int = Field(256, ge=1)
+    rate: float = Field(20, ge=0)
+    max_conn_per_ip: int = Field(0, ge=0)
+    heartbeat: float = Field(25, gt=0)
+    presence_ttl: float = Field(15, gt=0)
+    auth_secret: str | None = None
+    key_prefix: str = "gochat:"
+    trust_proxy: bool = False
+    max_connections: int = Field(0, ge=0)
+    shutdown_grace: float = Field(5, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("redis_url", "admin_token", "auth_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def send_buffer_bytes(self) -> int:
+        """The slow-consumer limit in bytes: GOCHAT_SEND_BUFFER messages of up to 4 KiB."""
+        return self.send_buffer * 4096
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read the contract's variables from `environ` (default os.environ); overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for opt in OPTIONS:
+            if opt.env in env:
+                values[opt.field] = env[opt.env]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

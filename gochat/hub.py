@@ -1,0 +1,359 @@
+"""The Hub: this node's connections, their rooms, presence transitions, publish and deliver.
+
+The Hub raises `ProtocolError` for requests it refuses (ws.py turns them into `error`
+frames), never awaits a client (frames go through the Outbox), and reports every state
+change to the event tap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+from . import protocol
+from .brokers.base import CHAT, PRESENCE, Broker, BrokerUnavailable, split_envelope
+from .client import Client
+from .config import Settings
+from .events import EventTap
+from .fastpath import Outbox, text_frame
+from .protocol import CloseCode, ErrorCode, ProtocolError, check_room
+
+log = logging.getLogger(__name__)
+
+# What a joining client may receive before its `joined`: (kind, key, frame)
+Buffered = tuple[int, bytes, bytes]
+
+
+class Hub:
+    """Tracks local clients and rooms; the single place every state change passes."""
+
+    def __init__(self, settings: Settings, broker: Broker, tap: EventTap) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.tap = tap
+        self.node_id = settings.node_id
+        self.started_at = time.time()
+        self.clients: dict[str, Client] = {}
+        self.rooms: dict[str, dict[str, Client]] = {}  # subscribed rooms -> joined clients
+        self._joining: dict[str, dict[Client, list[Buffered]]] = {}
+        self._sub_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._seq = 0
+        self.per_ip: Counter[str] = Counter()
+        self.outbox = Outbox(settings.send_buffer_bytes, self._overflow)
+        self.counters: Counter[str] = Counter()
+        self.closing = False
+        broker.bind(self.deliver, self._broker_state, presence_source=self.local_presence)
+
+    # --- connections ---------------------------------------------------------------------
+
+    def next_conn_id(self) -> str:
+        self._seq += 1
+        return f"{self.node_id}/{self._seq}"
+
+    def connect(self, client: Client) -> None:
+        """Register a new connection and greet it."""
+        self.clients[client.id] = client
+        ip = client.remote.rsplit(":", 1)[0]
+        self.per_ip[ip] += 1
+        self.counters["connections"] += 1
+        self.send(client, protocol.welcome(client.user_id, client.name, self.node_id))
+        self.tap.emit(
+            "CONNECT", client.remote, client.id, client.user_id, conn=client.id, user=client.user_id
+        )
+
+    async def disconnect(self, client: Client, code: int | None = None) -> None:
+        """Forget a connection: leave its rooms (presence `offline` where it was the last)."""
+        if self.clients.pop(client.id, None) is None:
+            return
+        client.closed = True
+        if code is not None and client.close_code is None:
+            client.close_code = code
+        ip = client.remote.rsplit(":", 1)[0]
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+        for room in list(client.rooms):
+            await self._remove_member(client, room)
+        self.tap.emit(
+            "DISCONNECT",
+            client.remote,
+            client.id,
+            str(client.close_code or ""),
+            conn=client.id,
+            user=client.user_id,
+        )
+
+    def send(self, client: Client, payload: bytes) -> None:
+        """Send one encoded message to one client (never awaits)."""
+        self.outbox.push(client, text_frame(payload))
+
+    def send_error(self, client: Client, err: ProtocolError) -> None:
+        self.counters[f"error:{err.code.value}"] += 1
+        self.send(client, protocol.error(err.code, err.message, err.ref))
+        self.tap.emit(
+            "ERROR", client.remote, err.code.value, err.message, conn=client.id, user=client.user_id
+        )
+
+    def drop(self, client: Client, code: int, reason: str) -> None:
+        """Close a connection from the server side (slow consumer, kick, policy)."""
+        if client.closed:
+            return
+        client.closed = True
+        client.close_code = code
+        client.pending.clear()
+        self.spawn(self._close(client, code, reason))
+
+    async def _close(self, client: Client, code: int, reason: str) -> None:
+        ws, transport = client.ws, client.transport
+        try:
+            if ws is not None and not ws.closed:
+                # drain=False: a slow consumer's buffer may never drain
+                await asyncio.wait_for(
+                    ws.close(code=code, message=reason.encode()[:120], drain=False),
+                    timeout=max(self.settings.shutdown_grace, 0.5),
+                )
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            # a peer that does not read keeps the transport's buffer (and memory) forever
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()
+
+    def _overflow(self, client: Client) -> None:
+        self.counters["slow_consumer"] += 1
+        log.info("%s slow consumer: %d bytes unsent", client.id, client.buffered_bytes())
+        self.tap.emit(
+            "ERROR",
+            client.remote,
+            "slow_consumer",
+            "closed 1013",
+            conn=client.id,
+            user=client.user_id,
+        )
+        self.drop(client, CloseCode.TRY_AGAIN, "slow consumer")
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a coroutine the Hub keeps and awaits on shutdown (nothing fire-and-forget)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- rooms ---------------------------------------------------------------------------
+
+    async def join(self, client: Client, room: str, since: str | None = None) -> None:
+        check_room(room, "join")
+        if client.allowed_rooms is not None and room not in client.allowed_rooms:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"not allowed to join {room}", "join")
+        if room in client.rooms:  # already a member: answer again, nothing changes
+            await self._send_joined(client, room, since)
+            return
+        if len(client.rooms) + self._joining_count(client) >= self.settings.max_rooms:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS, f"at most {self.settings.max_rooms} rooms", "join"
+            )
+        # Until `joined` is sent, live messages for this client are buffered, so nothing
+        # published while we read members and history is lost or sent before it.
+        buffered: list[Buffered] = []
+        self._joining.setdefault(room, {})[client] = buffered
+        counted = False
+        try:
+            async with self._sub_lock:
+                if room not in self.rooms:
+                    await self.broker.subscribe(room)
+                    self.rooms[room] = {}
+            await self.broker.presence_add(room, client.id, client.user_id, client.name)
+            counted = True
+            history_ids = await self._send_joined(client, room, since)
+        except BaseException:
+            self._end_joining(client, room)
+            if counted:
+                await self._presence_remove(client, room)
+            await self._unsubscribe_if_empty(room)
+            raise
+        self._end_joining(client, room)
+        if client.closed:  # went away while we waited
+            await self._presence_remove(client, room)
+            await self._unsubscribe_if_empty(room)
+            return
+        for kind, key, frame in buffered:
+            if kind == CHAT and key in history_ids:
+                continue
+            if kind == PRESENCE and key.decode() == client.user_id:
+                continue
+            self.outbox.push(client, frame)
+        self.rooms[room][client.id] = client
+        client.rooms.add(room)
+        self.tap.emit(
+            "JOIN",
+            client.remote,
+            room,
+            client.user_id,
+            room=room,
+            user=client.user_id,
+            conn=client.id,
+        )
+
+    async def _send_joined(self, client: Client, room: str, since: str | None) -> set[bytes]:
+        try:
+            members = await self.broker.members(room)
+            history, recovered = await self.broker.history(room, since)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", "join") from None
+        self.send(client, protocol.joined(room, members, [w for _, w in history], recovered))
+        return {i for i, _ in history}
+
+    def _joining_count(self, client: Client) -> int:
+        return sum(1 for waiting in self._joining.values() if client in waiting)
+
+    def _end_joining(self, client: Client, room: str) -> None:
+        waiting = self._joining.get(room)
+        if waiting is not None:
+            waiting.pop(client, None)
+            if not waiting:
+                del self._joining[room]
+
+    async def leave(self, client: Client, room: str) -> None:
+        check_room(room, "leave")
+        if room not in client.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room}", "leave")
+        await self._remove_member(client, room)
+        self.send(client, protocol.left(room))
+
+    async def _remove_member(self, client: Client, room: str) -> None:
+        client.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is not None:
+            members.pop(client.id, None)
+        await self._presence_remove(client, room)
+        await self._unsubscribe_if_empty(room)
+        self.tap.emit(
+            "LEAVE",
+            client.remote,
+            room,
+            client.user_id,
+            room=room,
+            user=client.user_id,
+            conn=client.id,
+        )
+
+    async def _presence_remove(self, client: Client, room: str) -> None:
+        try:
+            await self.broker.presence_remove(room, client.id, client.user_id, client.name)
+        except BrokerUnavailable:
+            # the broker drops this node's stale entries when it reconnects
+            log.warning("%s presence not removed from %s: broker unavailable", client.id, room)
+
+    async def _unsubscribe_if_empty(self, room: str) -> None:
+        async with self._sub_lock:
+            if not self.rooms.get(room, True) and room not in self._joining:
+                del self.rooms[room]
+                try:
+                    await self.broker.unsubscribe(room)
+                except BrokerUnavailable:
+                    pass  # resubscription after a reconnect covers only rooms with members
+
+    # --- messages ------------------------------------------------------------------------
+
+    async def say(self, client: Client, room: str, text: str, cid: str | None = None) -> str:
+        """Publish a chat message from `client` to `room`; returns its id."""
+        ref = cid if cid is not None else "chat"
+        check_room(room, ref)
+        if room not in client.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room}", ref)
+        text = text.strip()
+        if not text:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: empty", ref)
+        if len(text) > self.settings.max_text:
+            raise ProtocolError(
+                ErrorCode.TOO_LONG, f"text over {self.settings.max_text} characters", ref
+            )
+        fields: dict[str, Any] = {
+            "room": room,
+            "userId": client.user_id,
+            "name": client.name,
+            "text": text,
+            "ts": time.time_ns() // 1_000_000,
+        }
+        if cid is not None:
+            fields["cid"] = cid
+        try:
+            msg_id = await self.broker.publish(room, fields)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref) from None
+        self.counters["published"] += 1
+        return msg_id
+
+    def deliver(self, room: str, envelope: bytes) -> None:
+        """Broker callback: hand one room message to every local member, framed once."""
+        try:
+            kind, key, wire = split_envelope(envelope)
+        except ValueError:
+            self.counters["bad_envelope"] += 1
+            log.warning("dropped a malformed broker message on %r", room[:64])
+            return
+        frame = text_frame(wire)
+        push = self.outbox.push
+        members = self.rooms.get(room)
+        if members:
+            if kind == CHAT:
+                for client in members.values():
+                    push(client, frame)
+            elif kind == PRESENCE:
+                user_id = key.decode()
+                for client in members.values():
+                    if client.user_id != user_id:
+                        push(client, frame)
+        waiting = self._joining.get(room)
+        if waiting:
+            for buffered in waiting.values():
+                buffered.append((kind, key, frame))
+        self.counters["delivered"] += 1
+        if self.tap.active:
+            name = "PUBLISH" if kind == CHAT else "PRESENCE"
+            self.tap.emit(
+                name,
+                self.node_id,
+                self.settings.key_prefix + "room:" + room,
+                wire.decode(errors="replace"),
+                room=room,
+            )
+
+    def local_presence(self) -> Iterator[tuple[str, str, str, str]]:
+        """(room, conn id, userId, name) of every local membership, for re-registration."""
+        for room, members in self.rooms.items():
+            for client in members.values():
+                yield room, client.id, client.user_id, client.name
+
+    def _broker_state(self, ready: bool, reason: str) -> None:
+        log.log(
+            logging.INFO if ready else logging.WARNING,
+            "broker %s: %s",
+            "up" if ready else "down",
+            reason,
+        )
+        self.tap.emit("BROKER_UP" if ready else "BROKER_DOWN", self.node_id, reason)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def shutdown(self, batch: int = 500) -> None:
+        """Close every client with 1001 (in batches, so clients do not reconnect all at
+        once) and wait, within the grace period, for every task the Hub started."""
+        self.closing = True
+        grace = self.settings.shutdown_grace
+        clients = list(self.clients.values())
+        for i in range(0, len(clients), batch):
+            for client in clients[i : i + batch]:
+                self.drop(client, CloseCode.GOING_AWAY, "server shutting down")
+            await asyncio.sleep(0)  # let this batch's close frames go out first
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=grace + 1)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)

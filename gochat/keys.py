@@ -1,0 +1,15 @@
+"""Every typed key of the application's state (no string keys, no module globals)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .brokers.base import Broker
+from .config import Settings
+from .events import EventTap
+from .hub import Hub
+
+SETTINGS = web.AppKey("settings", Settings)
+BROKER = web.AppKey("broker", Broker)
+TAP = web.AppKey("tap", EventTap)
+HUB = web.AppKey("hub", Hub)

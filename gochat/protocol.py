@@ -1,0 +1,226 @@
+"""The wire contract: client messages, server messages, error codes and close codes.
+
+Inbound frames are parsed strictly (no NaN/Infinity, no duplicate keys, no deep nesting, no
+lone surrogates) and validated by one pydantic TypeAdapter built at import. Outbound messages
+are plain dicts serialised once by `encode`; the same bytes go to every recipient.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal, NoReturn, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+ROOM_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_DEPTH = 4  # our messages are flat objects; anything deeper is refused
+
+
+class ErrorCode(StrEnum):
+    """The closed vocabulary of `error` frame codes."""
+
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_ROOM = "bad_room"
+    NOT_IN_ROOM = "not_in_room"
+    TOO_LONG = "too_long"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    UNAUTHORIZED = "unauthorized"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down
+    UNSUPPORTED = 1003  # binary frame
+    POLICY = 1008  # sustained rate abuse, bad or expired token
+    TOO_BIG = 1009  # frame over GOCHAT_MAX_FRAME
+    INTERNAL = 1011  # unexpected server error
+    TRY_AGAIN = 1013  # slow consumer
+    KICKED = 4001  # kicked from the operations console
+
+
+class ProtocolError(Exception):
+    """A request refused with an `error` frame; the connection stays open."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+# --- client -> server -------------------------------------------------------------------
+
+
+class _Inbound(BaseModel):
+    # strict: a number is not a room name; extra fields are ignored per the contract
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class Join(_Inbound):
+    type: Literal["join"]
+    room: str
+    since: Annotated[str, Field(max_length=64)] | None = None
+
+
+class Leave(_Inbound):
+    type: Literal["leave"]
+    room: str
+
+
+class Chat(_Inbound):
+    type: Literal["chat"]
+    room: str
+    text: str
+    cid: Annotated[str, Field(max_length=64)] | None = None
+
+
+ClientMessage = Annotated[Join | Leave | Chat, Field(discriminator="type")]
+CLIENT_MESSAGE: TypeAdapter[Join | Leave | Chat] = TypeAdapter(ClientMessage)
+KNOWN_TYPES = frozenset({"join", "leave", "chat"})
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """True when `value` nests no deeper than `limit` containers."""
+    if isinstance(value, dict):
+        return limit > 0 and all(_depth(v, limit - 1) for v in value.values())
+    if isinstance(value, list):
+        return limit > 0 and all(_depth(v, limit - 1) for v in value)
+    return True
+
+
+def has_bad_chars(text: str) -> bool:
+    """Lone surrogates (not UTF-8) or NUL, which we never store or re-send."""
+    if text.isascii():
+        return "\x00" in text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return "\x00" in text
+
+
+def decode(raw: str) -> Join | Leave | Chat:
+    """Parse one text frame strictly and validate it; raise ProtocolError on any fault."""
+    try:
+        obj = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {_short(exc)}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "a frame must be one JSON object")
+    kind = obj.get("type")
+    ref = kind if isinstance(kind, str) and kind in KNOWN_TYPES else None
+    if not _depth(obj, MAX_DEPTH):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "nesting too deep", ref)
+    if ref is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "type must be one of chat, join, leave")
+    try:
+        msg = CLIENT_MESSAGE.validate_python(obj)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, _describe(exc), _cid_of(obj) or ref) from None
+    for name in ("room", "text", "cid", "since"):
+        value = getattr(msg, name, None)
+        if value is not None and has_bad_chars(value):
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, f"{name}: invalid characters", _cid_of(obj) or ref
+            )
+    return msg
+
+
+def _cid_of(obj: dict[str, Any]) -> str | None:
+    cid = obj.get("cid")
+    return cid if isinstance(cid, str) and len(cid) <= 64 and not has_bad_chars(cid) else None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in err["loc"][1:]) or "message"
+        if err["type"] == "missing":
+            parts.append(f"{where}: required")
+        else:
+            parts.append(f"{where}: {err['msg'].lower()}")
+    return "; ".join(parts)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:80]
+
+
+def check_room(room: str, ref: str | None = None) -> None:
+    """Raise bad_room unless `room` is an allowed room name."""
+    if not ROOM_RE.fullmatch(room):
+        raise ProtocolError(ErrorCode.BAD_ROOM, "room names are 1-64 of A-Z a-z 0-9 _ . -", ref)
+
+
+# --- server -> client -------------------------------------------------------------------
+
+
+class Member(TypedDict):
+    userId: str
+    name: str
+
+
+class ChatOut(TypedDict, total=False):
+    type: Literal["chat"]
+    id: str
+    room: str
+    userId: str
+    name: str
+    text: str
+    ts: int
+    cid: str
+
+
+def encode(message: dict[str, Any] | Any) -> bytes:
+    """Serialise one outbound message: compact UTF-8 JSON, never NaN."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def welcome(user_id: str, name: str, node: str) -> bytes:
+    return encode({"type": "welcome", "userId": user_id, "name": name, "node": node})
+
+
+def left(room: str) -> bytes:
+    return encode({"type": "left", "room": room})
+
+
+def error(code: ErrorCode, message: str, ref: str | None = None) -> bytes:
+    body: dict[str, Any] = {"type": "error", "code": code.value, "message": message}
+    if ref is not None:
+        body["ref"] = ref
+    return encode(body)
+
+
+def presence(user_id: str, name: str, room: str, status: Literal["online", "offline"]) -> bytes:
+    return encode(
+        {"type": "presence", "userId": user_id, "name": name, "room": room, "status": status}
+    )
+
+
+def joined(room: str, members: list[Member], history: list[bytes], recovered: bool | None) -> bytes:
+    """The `joined` reply; `history` items are already-encoded chat messages, spliced in."""
+    head = encode({"type": "joined", "room": room, "members": members})[:-1]
+    tail = (
+        b"" if recovered is None else (b',"recovered":true' if recovered else b',"recovered":false')
+    )
+    return head + b',"history":[' + b",".join(history) + b"]" + tail + b"}"

@@ -1,0 +1,186 @@
+"""`/ws`: origin check, upgrade, the read loop, and Hub errors turned into frames and codes.
+
+This handler is the only reader of its socket. It never writes to it directly: every frame
+goes through the Hub's Outbox, and closes go through aiohttp's close handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from aiohttp import WSMsgType, web
+
+from . import protocol
+from .auth import AuthError, verify
+from .client import Client
+from .config import Settings
+from .hub import Hub
+from .keys import HUB, SETTINGS
+from .protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
+
+log = logging.getLogger(__name__)
+
+RATE_GRACE = 5.0  # seconds over the rate after the first rate_limited before close 1008
+
+
+def client_address(request: web.Request, settings: Settings) -> str:
+    """`ip:port` of the peer; the IP from X-Forwarded-For only when the router is trusted."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    ip, port = (str(peer[0]), str(peer[1])) if peer else (request.remote or "?", "0")
+    if settings.trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        # the rightmost entry is the one our router added; the others are client-supplied
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            ip = last[:64]
+    return f"{ip}:{port}"
+
+
+def origin_allowed(request: web.Request, settings: Settings) -> bool:
+    """No Origin (not a browser), our own origin, or one of GOCHAT_ALLOWED_ORIGINS."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/")
+    scheme = request.scheme
+    if settings.trust_proxy:
+        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+    own = f"{scheme}://{request.host}"
+    return origin.lower() == own.lower() or origin in settings.allowed_origins
+
+
+def display_name(raw: str | None) -> str:
+    """The `name` query parameter checked, or a fresh guest name."""
+    if raw is None or not raw.strip():
+        return f"guest-{secrets.token_hex(2)}"
+    name = raw.strip()
+    if len(name) > 32 or not name.isprintable() or protocol.has_bad_chars(name):
+        raise web.HTTPBadRequest(text="name must be 1-32 printable characters")
+    return name
+
+
+async def chat_ws(request: web.Request) -> web.StreamResponse:
+    """The chat WebSocket."""
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    if hub.closing:
+        raise web.HTTPServiceUnavailable(text="server shutting down")
+    if not origin_allowed(request, settings):
+        raise web.HTTPForbidden(text="origin not allowed")
+    remote = client_address(request, settings)
+    if settings.max_connections and len(hub.clients) >= settings.max_connections:
+        raise web.HTTPServiceUnavailable(text="node full")
+    if settings.max_conn_per_ip and hub.per_ip[remote.rsplit(":", 1)[0]] >= (
+        settings.max_conn_per_ip
+    ):
+        raise web.HTTPTooManyRequests(text="too many connections from this address")
+
+    allowed_rooms: frozenset[str] | None = None
+    expires: float | None = None
+    if settings.auth_secret:
+        try:
+            ident = verify(request.query.get("token"), settings.auth_secret)
+        except AuthError as exc:
+            raise web.HTTPUnauthorized(text=str(exc)) from None
+        user_id, name, allowed_rooms, expires = (
+            ident.user_id,
+            ident.name,
+            ident.rooms,
+            ident.expires,
+        )
+    else:
+        # Anonymous: the display name is the identity, so two tabs of one person (the client
+        # keeps its name) are one member of a room.
+        name = display_name(request.query.get("name"))
+        user_id = name
+
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat,
+        max_msg_size=settings.max_frame,
+        compress=False,
+        timeout=max(settings.shutdown_grace, 1.0),
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    client = Client(hub.next_conn_id(), user_id, name, remote, ws, transport, allowed_rooms)
+    hub.connect(client)
+    expiry: asyncio.TimerHandle | None = None
+    if expires is not None:
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_at(
+            loop.time() + max(0.0, expires - time.time()),
+            hub.drop,
+            client,
+            CloseCode.POLICY,
+            "token expired",
+        )
+    try:
+        await read_loop(hub, client, ws, settings)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s unexpected error", client.id)
+        await close(hub, client, ws, CloseCode.INTERNAL, "internal error")
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        await hub.disconnect(client, ws.close_code)
+        if transport is not None and not transport.is_closing() and ws.closed:
+            # aiohttp's heartbeat marks a dead peer closed without aborting its transport
+            transport.abort()
+    return ws
+
+
+async def close(hub: Hub, client: Client, ws: web.WebSocketResponse, code: int, why: str) -> None:
+    """Close from the reader's own task (binary frame, abuse, internal error)."""
+    client.closed = True
+    client.close_code = code
+    hub.outbox.flush()  # what was queued before the fault still goes out, in order
+    await ws.close(code=code, message=why.encode()[:120], drain=False)
+
+
+async def read_loop(
+    hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings
+) -> None:
+    rate = settings.rate
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            client.msgs_in += 1
+            if rate:
+                now = time.monotonic()
+                if not client.take_token(rate, now):
+                    if client.limited_since is None:
+                        client.limited_since = now
+                    elif now - client.limited_since >= RATE_GRACE:
+                        await close(hub, client, ws, CloseCode.POLICY, "rate limit exceeded")
+                        return
+                    hub.send_error(
+                        client,
+                        ProtocolError(ErrorCode.RATE_LIMITED, f"over {rate:g} messages/s"),
+                    )
+                    continue
+                if client.limited_since is not None and client.tokens >= rate:
+                    client.limited_since = None  # slowed down for a second's worth: forgiven
+            await handle_text(hub, client, msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await close(hub, client, ws, CloseCode.UNSUPPORTED, "binary frames not supported")
+            return
+        else:  # ERROR (e.g. frame too big: aiohttp has closed it with 1009 already)
+            return
+
+
+async def handle_text(hub: Hub, client: Client, raw: str) -> None:
+    """Decode one frame and act on it; a refused request becomes an `error` frame."""
+    try:
+        msg = protocol.decode(raw)
+        if isinstance(msg, Chat):
+            await hub.say(client, msg.room, msg.text, msg.cid)
+        elif isinstance(msg, Join):
+            await hub.join(client, msg.room, msg.since)
+        else:
+            await hub.leave(client, msg.room)
+    except ProtocolError as err:
+        hub.send_error(client, err)
