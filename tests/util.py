@@ -1,0 +1,79 @@
+"""Helpers shared by the tests: connect, receive with a timeout, wait for a frame type."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+TIMEOUT = 5.0
+
+
+async def connect(
+    client: TestClient[Any, Any], name: str | None = None, **query: str
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    """Open /ws and return the socket and its `welcome` frame."""
+    params = dict(query)
+    if name is not None:
+        params["name"] = name
+    ws = await client.ws_connect("/ws", params=params)
+    welcome = await recv(ws)
+    assert welcome["type"] == "welcome", welcome
+    return ws, welcome
+
+
+async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The next frame as JSON; fails the test on a close or after `timeout`."""
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
+    data: dict[str, Any] = json.loads(msg.data)
+    return data
+
+
+async def recv_type(
+    ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    """Skip frames until one of type `kind` arrives (presence noise etc.)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await recv(ws, timeout)
+            if frame["type"] == kind:
+                return frame
+
+
+async def join(ws: aiohttp.ClientWebSocketResponse, room: str, **extra: Any) -> dict[str, Any]:
+    """Join `room` and return the `joined` reply."""
+    await ws.send_json({"type": "join", "room": room, **extra})
+    return await recv_type(ws, "joined")
+
+
+async def expect_close(ws: aiohttp.ClientWebSocketResponse, timeout: float = TIMEOUT) -> int | None:
+    """Read until the server closes; return the close code."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+                return ws.close_code
+
+
+async def until(condition: Any, timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """Wait until `condition()` is true (checked every 10 ms); fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def nothing_more(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.2) -> None:
+    """Assert no frame arrives within `wait` seconds (only where absence is the point)."""
+    try:
+        msg = await ws.receive(timeout=wait)
+    except TimeoutError:
+        return
+    raise AssertionError(f"unexpected frame {msg.type} {msg.data!r}")
