@@ -34,6 +34,9 @@ PresenceSource = Callable[[], Iterable[tuple[str, str, str, str]]]
 """(room, connection id, userId, name) of every local membership: what a broker that lost
 its backend registers again when it returns."""
 
+NodeInfo = Callable[[], dict[str, Any]]
+"""A JSON-able description of this node: id, uptime, connections, rooms, memory..."""
+
 History = list[tuple[bytes, bytes]]
 """(id, wire JSON) of kept chat messages, oldest first."""
 
@@ -81,19 +84,26 @@ class Broker(ABC):
         self._on_state: StateHandler | None = None
         self._on_event: EventHandler | None = None
         self._presence_source: PresenceSource | None = None
+        self._node_info: NodeInfo | None = None
 
     def bind(
         self,
         on_message: MessageHandler,
         on_state: StateHandler | None = None,
-        on_event: EventHandler | None = None,
         presence_source: PresenceSource | None = None,
     ) -> None:
         """Set the callbacks the broker's listener delivers to (the Hub's)."""
         self._on_message = on_message
         self._on_state = on_state
-        self._on_event = on_event
         self._presence_source = presence_source
+
+    def set_event_handler(self, on_event: EventHandler | None) -> None:
+        """Receive every node's console events (what `publish_event` sends, own included)."""
+        self._on_event = on_event
+
+    def set_node_info(self, node_info: NodeInfo | None) -> None:
+        """What this node reports about itself to the cluster (the console's nodes table)."""
+        self._node_info = node_info
 
     def _set_state(self, ready: bool, reason: str) -> None:
         changed = ready != self.ready
@@ -140,9 +150,12 @@ class Broker(ABC):
     async def members(self, room: str) -> list[Member]:
         """The room's members across the cluster, one entry per user."""
 
-    def publish_event(self, data: bytes) -> None:  # noqa: B027 - optional hook
-        """Share one console event with every node (no-op for a single process)."""
+    def publish_event(self, data: bytes) -> None:
+        """Share one console event with every node; in one process it comes straight back."""
+        if self._on_event is not None:
+            self._on_event(data)
 
     async def nodes(self) -> list[dict[str, Any]]:
-        """What the broker knows of the cluster's nodes (just this one by default)."""
-        return [{"id": self.node_id}]
+        """Every live node's `node_info` (just this one in a single process)."""
+        info = self._node_info() if self._node_info is not None else {}
+        return [{"id": self.node_id, **info, "broker": self.kind, "ready": self.ready}]
