@@ -8,6 +8,7 @@ change to the event tap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -109,20 +110,16 @@ class Hub:
         self.spawn(self._close(client, code, reason))
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
-        ws, transport = client.ws, client.transport
-        try:
-            if ws is not None and not ws.closed:
-                # drain=False: a slow consumer's buffer may never drain
-                await asyncio.wait_for(
-                    ws.close(code=code, message=reason.encode()[:120], drain=False),
-                    timeout=max(self.settings.shutdown_grace, 0.5),
-                )
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            # a peer that does not read keeps the transport's buffer (and memory) forever
-            if transport is not None and transport.get_write_buffer_size():
-                transport.abort()
+        ws = client.ws
+        if ws is None or ws.closed:
+            return
+        # drain=False: a slow consumer's buffer may never drain. The connection's handler
+        # aborts the transport if the close frame is still unsent after the grace period.
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await asyncio.wait_for(
+                ws.close(code=code, message=reason.encode()[:120], drain=False),
+                timeout=max(self.settings.shutdown_grace, 0.5),
+            )
 
     def _overflow(self, client: Client) -> None:
         self.counters["slow_consumer"] += 1
@@ -264,8 +261,6 @@ class Hub:
         """Publish a chat message from `client` to `room`; returns its id."""
         ref = cid if cid is not None else "chat"
         check_room(room, ref)
-        if room not in client.rooms:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room}", ref)
         text = text.strip()
         if not text:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: empty", ref)
@@ -273,6 +268,8 @@ class Hub:
             raise ProtocolError(
                 ErrorCode.TOO_LONG, f"text over {self.settings.max_text} characters", ref
             )
+        if room not in client.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room}", ref)
         fields: dict[str, Any] = {
             "room": room,
             "userId": client.user_id,
@@ -332,7 +329,7 @@ class Hub:
 
     def _broker_state(self, ready: bool, reason: str) -> None:
         log.log(
-            logging.INFO if ready else logging.WARNING,
+            logging.INFO if ready or self.closing else logging.WARNING,
             "broker %s: %s",
             "up" if ready else "down",
             reason,

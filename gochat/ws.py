@@ -128,10 +128,20 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         if expiry is not None:
             expiry.cancel()
         await hub.disconnect(client, ws.close_code)
-        if transport is not None and not transport.is_closing() and ws.closed:
-            # aiohttp's heartbeat marks a dead peer closed without aborting its transport
-            transport.abort()
+        if transport is not None:
+            # A peer that stopped reading (or answering pings: aiohttp's heartbeat only
+            # closes, never aborts) would pin the unsent bytes forever: give the close
+            # frame a grace period, then abort.
+            asyncio.get_running_loop().call_later(
+                max(settings.shutdown_grace, 1.0), abort_if_stuck, transport
+            )
     return ws
+
+
+def abort_if_stuck(transport: asyncio.Transport) -> None:
+    """Abort a transport that still holds unsent bytes after its grace period."""
+    if transport.get_write_buffer_size() or not transport.is_closing():
+        transport.abort()
 
 
 async def close(hub: Hub, client: Client, ws: web.WebSocketResponse, code: int, why: str) -> None:

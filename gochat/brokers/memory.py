@@ -7,7 +7,15 @@ from collections import deque
 from typing import Any
 
 from ..protocol import Member, presence
-from .base import CHAT_PREFIX, Broker, History, chat_envelope, chat_suffix, presence_envelope
+from .base import (
+    CHAT_PREFIX,
+    Broker,
+    BrokerUnavailable,
+    History,
+    chat_envelope,
+    chat_suffix,
+    presence_envelope,
+)
 
 
 class _Room:
@@ -40,7 +48,6 @@ class MemoryBroker(Broker):
 
     async def stop(self) -> None:
         self._set_state(False, "stopped")
-        self._subscribed.clear()
 
     def _room(self, room: str) -> _Room:
         r = self._rooms.get(room)
@@ -74,7 +81,12 @@ class MemoryBroker(Broker):
             r.seq += 1
         return f"{r.last_ms}-{r.seq}"
 
+    def _check(self) -> None:
+        if not self.ready:
+            raise BrokerUnavailable(f"broker {self.reason}")
+
     async def publish(self, room: str, fields: dict[str, Any]) -> str:
+        self._check()
         r = self._room(room)
         msg_id = self._next_id(r)
         bid = msg_id.encode()
@@ -96,6 +108,7 @@ class MemoryBroker(Broker):
         return kept, False
 
     async def presence_add(self, room: str, conn_id: str, user_id: str, name: str) -> None:
+        self._check()
         r = self._room(room)
         entry = r.users.get(user_id)
         if entry is None:

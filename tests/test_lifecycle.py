@@ -1,0 +1,85 @@
+"""The process as an operator runs it: SIGTERM, the Procfile line, the wheel's assets."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .procs import Node, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _client(session: aiohttp.ClientSession, node: Node, name: str) -> Any:
+    ws = await session.ws_connect(f"{node.url}/ws", params={"name": name})
+    assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+    await ws.send_json({"type": "join", "room": "lobby"})
+    while (await ws.receive_json(timeout=5))["type"] != "joined":
+        pass
+    return ws
+
+
+async def test_sigterm_closes_clients_1001_and_exits_cleanly() -> None:
+    node = await Node.start(env={"GOCHAT_SHUTDOWN_GRACE": "3"})
+    try:
+        async with aiohttp.ClientSession() as session:
+            clients = [await _client(session, node, f"user{i}") for i in range(5)]
+            started = time.monotonic()
+            node.proc.send_signal(signal.SIGTERM)
+            for ws in clients:
+                async with asyncio.timeout(5):
+                    msg = await ws.receive()
+                    while msg.type is aiohttp.WSMsgType.TEXT:  # presence of the others
+                        msg = await ws.receive()
+                assert ws.close_code == 1001, (msg.type, msg.data)
+            code, err = await node.stop(sig=None, timeout=10)
+            elapsed = time.monotonic() - started
+    finally:
+        await node.kill()
+    assert code == 0, err
+    assert elapsed < 5, elapsed
+    for bad in ("Task was destroyed", "Traceback", "Unclosed", "never awaited"):
+        assert bad not in err, err
+
+
+async def test_procfile_web_line_serves_on_port() -> None:
+    line = next(
+        l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:")
+    )
+    port = free_port()
+    command = ["bash", "-c", line.removeprefix("web:").strip()]
+    bindir = str(Path(sys.executable).parent)
+    node = await Node.start(
+        env={"PORT": str(port), "PATH": f"{bindir}:/usr/bin:/bin"}, command=command, port=port
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{node.url}/") as resp:
+                assert resp.status == 200
+                assert 'role="log"' in await resp.text()
+    finally:
+        code, err = await node.stop()
+    assert code == 0, err
+    assert shlex.split(line)[1] == "gochat"
+
+
+def test_wheel_ships_client_and_console_assets(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("gochat-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for asset in ("gochat/_web/index.html", "gochat/_web/app.js", "gochat/_web/style.css"):
+        assert asset in names, sorted(names)
+    assert any(n.startswith("gochat/_admin/") for n in names), sorted(names)
