@@ -145,7 +145,12 @@ async def test_unauthorized_room_and_tokens(make_chat: MakeChat) -> None:
     frame = await error_for(ws, {"type": "join", "room": "secret"})
     assert frame["code"] == "unauthorized" and frame["ref"] == "join"
     await assert_serving(chat, ws)
-    for bad in ("", "garbage", mint("another-secret-0123456789abcdefghij", "u-2"), mint(secret, "u-3", ttl=-10)):
+    for bad in (
+        "",
+        "garbage",
+        mint("another-secret-0123456789abcdefghij", "u-2"),
+        mint(secret, "u-3", ttl=-10),
+    ):
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await chat.ws_connect("/ws", params={"token": bad} if bad else {})
         assert info.value.status == 401

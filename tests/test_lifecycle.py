@@ -52,9 +52,7 @@ async def test_sigterm_closes_clients_1001_and_exits_cleanly() -> None:
 
 
 async def test_procfile_web_line_serves_on_port() -> None:
-    line = next(
-        l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:")
-    )
+    line = next(ln for ln in (ROOT / "Procfile").read_text().splitlines() if ln.startswith("web:"))
     port = free_port()
     command = ["bash", "-c", line.removeprefix("web:").strip()]
     bindir = str(Path(sys.executable).parent)
@@ -74,8 +72,18 @@ async def test_procfile_web_line_serves_on_port() -> None:
 
 def test_wheel_ships_client_and_console_assets(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("gochat-*.whl")
