@@ -1,0 +1,125 @@
+"""Hostile input, property-tested: the decoder and a live connection never fail open.
+
+Every input yields a contract error or a valid effect: never an exception, a 1011, or a
+broadcast of invalid data (NaN/Infinity, lone surrogates, NUL, malformed JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import aiohttp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gochat.protocol import ErrorCode, ProtocolError, decode
+
+from .conftest import MakeChat
+from .util import connect, join, recv
+
+CODES = {c.value for c in ErrorCode}
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+messages = st.fixed_dictionaries(
+    {"type": st.sampled_from(["chat", "join", "leave", "zap"])},
+    optional={
+        "room": st.one_of(st.sampled_from(["lobby", "r-1", "", "a b"]), json_values),
+        "text": st.one_of(st.text(max_size=50), json_values),
+        "cid": st.one_of(st.text(max_size=70), json_values),
+        "since": st.one_of(st.text(max_size=20), json_values),
+    },
+)
+raw_frames = st.one_of(
+    st.text(max_size=200),
+    messages.map(lambda m: json.dumps(m, allow_nan=True)),
+    json_values.map(lambda v: json.dumps(v, allow_nan=True)),
+    st.sampled_from(
+        [
+            '{"type":"chat","room":"lobby","text":"\\ud800"}',
+            '{"type":"chat","room":"lobby","text":"a\\u0000b"}',
+            '{"type":"chat","room":"lobby","text":Infinity}',
+            '{"type":"join","room":"lobby","room":"x"}',
+            "[" * 5000 + "]" * 5000,
+            '{"type":"chat","room":"lobby","text":"\\u202egnp.exe"}',
+        ]
+    ),
+)
+
+
+def _valid_output(value: Any) -> None:
+    """What the server re-sends must be strict JSON and valid UTF-8."""
+    if isinstance(value, float):
+        assert math.isfinite(value)
+    elif isinstance(value, str):
+        value.encode("utf-8")
+        assert "\x00" not in value
+    elif isinstance(value, dict):
+        for v in value.values():
+            _valid_output(v)
+    elif isinstance(value, list):
+        for v in value:
+            _valid_output(v)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw_frames)
+def test_decoder_refuses_with_contract_codes_only(raw: str) -> None:
+    try:
+        msg = decode(raw)
+    except ProtocolError as err:
+        assert err.code.value in CODES
+        return
+    _valid_output(msg.model_dump())
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(frames=st.lists(raw_frames, min_size=1, max_size=6))
+async def test_live_connection_survives_anything(make_chat: MakeChat, frames: list[str]) -> None:
+    chat = await make_chat()
+    try:
+        attacker, _ = await connect(chat, "attacker")
+        witness, _ = await connect(chat, "witness")
+        await join(attacker, "lobby")
+        await join(witness, "lobby")
+        for raw in frames:
+            await attacker.send_str(raw)
+        # a marker after the burst (re-joining, in case the burst left): all before it is done
+        await attacker.send_json({"type": "join", "room": "lobby"})
+        await attacker.send_json({"type": "chat", "room": "lobby", "text": "marker"})
+        while True:
+            frame = await recv(attacker)
+            _valid_output(frame)
+            if frame["type"] == "error":
+                assert frame["code"] in CODES
+            if frame["type"] == "chat" and frame["text"] == "marker":
+                break
+        while True:  # the witness sees only valid frames, then the marker
+            frame = await recv(witness)
+            _valid_output(frame)
+            if frame["type"] == "chat" and frame["text"] == "marker":
+                break
+        assert not attacker.closed and attacker.close_code is None
+    finally:
+        await chat.close()
+
+
+async def test_live_binary_garbage_closes_1003_only(make_chat: MakeChat) -> None:
+    chat = await make_chat()
+    ws, _ = await connect(chat, "bin")
+    await ws.send_bytes(bytes(range(256)))
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1003
