@@ -7,6 +7,7 @@ goes through the Hub's Outbox, and closes go through aiohttp's close handshake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -127,11 +128,20 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
     finally:
         if expiry is not None:
             expiry.cancel()
+        if not ws.closed:
+            # The peer vanished without a close frame. Closing here also cancels aiohttp's
+            # heartbeat timer, which would otherwise keep this connection's buffers alive
+            # for up to GOCHAT_HEARTBEAT seconds.
+            with contextlib.suppress(Exception):
+                await ws.close(code=CloseCode.GOING_AWAY, drain=False)
         await hub.disconnect(client, ws.close_code)
-        if transport is not None:
+        if transport is not None and (
+            transport.get_write_buffer_size() or not transport.is_closing()
+        ):
             # A peer that stopped reading (or answering pings: aiohttp's heartbeat only
             # closes, never aborts) would pin the unsent bytes forever: give the close
-            # frame a grace period, then abort.
+            # frame a grace period, then abort. (Only then: the timer keeps the
+            # connection's buffers alive until it fires.)
             asyncio.get_running_loop().call_later(
                 max(settings.shutdown_grace, 1.0), abort_if_stuck, transport
             )

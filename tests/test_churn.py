@@ -1,0 +1,81 @@
+"""Connection churn leaves nothing behind: tasks, file descriptors, memory, Hub entries."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import resource
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gochat.keys import BROKER, HUB
+
+from .util import join, recv, until
+
+CYCLES = 10_000
+BATCH = 100  # connections open at once
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+async def churn(chat: TestClient[Any, Any], cycles: int) -> None:
+    # a plain session: TestClient.ws_connect keeps every socket it made until teardown
+    url = str(chat.make_url("/ws"))
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, cycles, BATCH):
+            await _batch(chat, session, url, start)
+
+
+async def _batch(
+    chat: TestClient[Any, Any], session: aiohttp.ClientSession, url: str, start: int
+) -> None:
+    sockets = []
+    for i in range(start, start + BATCH):
+        ws = await session.ws_connect(url, params={"name": f"u{i % 50}"})
+        assert (await recv(ws))["type"] == "welcome"
+        await join(ws, f"room{i % 7}")
+        sockets.append(ws)
+    for n, ws in enumerate(sockets):
+        if n % 2:
+            await ws.close()
+        else:  # abrupt: the TCP connection just goes away
+            ws._response.connection.transport.abort()  # type: ignore[union-attr]
+            await ws.close()
+    hub = chat.app[HUB]
+    await until(lambda: not hub.clients, timeout=10, what="the batch to be forgotten")
+
+
+async def test_10k_connect_disconnect_cycles_return_to_baseline(chat: TestClient[Any, Any]) -> None:
+    hub = chat.app[HUB]
+    await churn(chat, 1000)  # warm up caches, pools and allocator arenas
+    gc.collect()
+    tasks0, fds0, rss0 = len(asyncio.all_tasks()), open_fds(), rss_kib()
+    await churn(chat, CYCLES)
+    await until(lambda: len(asyncio.all_tasks()) <= tasks0, what="tasks to finish")
+    gc.collect()
+    tasks1, fds1, rss1 = len(asyncio.all_tasks()), open_fds(), rss_kib()
+    print(f"tasks {tasks0}->{tasks1} fds {fds0}->{fds1} rss {rss0}->{rss1} KiB")
+    assert tasks1 <= tasks0
+    assert fds1 <= fds0 + 2  # the test client's connector may keep a socket or two
+    assert rss1 - rss0 < 8 * 1024, f"RSS grew {rss1 - rss0} KiB over {CYCLES} cycles"
+    # aiohttp's heartbeat timer used to keep abruptly dropped sockets alive for 25 s
+    alive = [o for o in gc.get_objects() if isinstance(o, web.WebSocketResponse)]
+    assert alive == [], f"{len(alive)} server-side WebSocketResponses still alive"
+    assert not hub.clients and not hub.rooms and not hub._joining and not hub.per_ip
+    broker = chat.app[BROKER]
+    for r in range(7):
+        assert await broker.members(f"room{r}") == []
