@@ -19,7 +19,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from gochat.keys import BROKER
+from gochat.brokers import redis as redis_broker
+from gochat.events import Event
+from gochat.keys import BROKER, TAP
 
 from .redis_server import RedisServer, free_port
 from .util import connect, join, nothing_more, recv, recv_type, until
@@ -116,7 +118,6 @@ async def test_routing_subscribes_only_with_local_members(
         assert await subscribers("r1") == 2
         await b.send_json({"type": "leave", "room": "r1"})
         await recv_type(b, "left")
-        await until(lambda: True)
         await _eventually(lambda: subscribers("r1"), 1)
         await a.close()
         await _eventually(lambda: subscribers("r1"), 0)
@@ -133,3 +134,272 @@ async def _eventually(get: Any, want: Any, timeout: float = 5.0) -> None:
         while (got := await get()) != want:
             await asyncio.sleep(0.02)
     assert got == want
+
+
+async def test_one_order_across_nodes_under_concurrent_senders(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    apps = await nodes(make_chat, redis_server, "n1", "n2", "n3")
+    socks = []
+    for i, app in enumerate(apps):
+        ws, _ = await connect(app, f"u{i}")
+        await join(ws, "race")
+        socks.append(ws)
+    per_sender = 60
+
+    async def send_all(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+        for k in range(per_sender):
+            await ws.send_json(
+                {"type": "chat", "room": "race", "text": f"{i}:{k}", "cid": f"{i}-{k}"}
+            )
+
+    total = per_sender * len(socks)
+    receivers = [asyncio.create_task(chats_until(ws, total)) for ws in socks]
+    await asyncio.gather(*(send_all(i, ws) for i, ws in enumerate(socks)))
+    seen = await asyncio.gather(*receivers)
+    orders = [[m["id"] for m in frames] for frames in seen]
+    assert orders[0] == orders[1] == orders[2]
+    assert len(set(orders[0])) == total  # exactly once, one id per message
+    as_pairs = [tuple(int(x) for x in i.split("-")) for i in orders[0]]
+    assert as_pairs == sorted(as_pairs)  # ids increase in delivery order
+    for i in range(len(socks)):  # each sender's own messages keep their order
+        mine = [m["cid"] for m in seen[0] if m["userId"] == f"u{i}"]
+        assert mine == [f"{i}-{k}" for k in range(per_sender)]
+
+
+async def test_history_and_since_across_nodes(redis_server: RedisServer, make_chat: Any) -> None:
+    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2", history=3)
+    a, _ = await connect(n1, "a")
+    await join(a, "r")
+    ids = []
+    for i in range(5):
+        await a.send_json({"type": "chat", "room": "r", "text": f"m{i}"})
+        ids.append((await recv_type(a, "chat"))["id"])
+    b, _ = await connect(n2, "b")
+    jb = await join(b, "r")
+    assert [m["text"] for m in jb["history"]] == ["m2", "m3", "m4"]
+    assert [m["id"] for m in jb["history"]] == ids[2:] and "recovered" not in jb
+    for since, texts, recovered in (
+        (ids[3], ["m4"], True),
+        (ids[4], [], True),
+        (ids[1], ["m2", "m3", "m4"], True),  # exactly 3 missing: all kept
+        (ids[0], ["m2", "m3", "m4"], False),  # 4 missing, 3 kept
+        ("0-1", ["m2", "m3", "m4"], False),  # from another Redis, or trimmed
+        ("not-an-id", ["m2", "m3", "m4"], False),
+    ):
+        c, _ = await connect(n2, "c")
+        jc = await join(c, "r", since=since)
+        assert [m["text"] for m in jc["history"]] == texts, since
+        assert jc["recovered"] is recovered, since
+        await c.close()
+
+
+@pytest.fixture
+def node_process(redis_server: RedisServer) -> Iterator[Any]:
+    """`start(node_id, ttl)`: a gochat node in its own process (so it can be SIGKILLed)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(node_id: str, ttl: float) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=redis_server.url,
+            GOCHAT_NODE_ID=node_id,
+            GOCHAT_PRESENCE_TTL=str(ttl),
+            GOCHAT_RATE="0",
+            GOCHAT_LOG_LEVEL="WARNING",
+        )
+        cmd = [sys.executable, "-m", "gochat", "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        procs.append(proc)
+        return proc, port
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def _wait_http_ready(session: aiohttp.ClientSession, port: int) -> None:
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def test_killed_node_goes_offline_within_ttl(
+    redis_server: RedisServer, make_chat: Any, node_process: Any
+) -> None:
+    ttl = 2.0  # by design the ghost goes 2/3..5/6 of the ttl after the kill
+    (n1,) = await nodes(make_chat, redis_server, "n1", presence_ttl=ttl)
+    proc, port = node_process("n2", ttl)
+    alice, _ = await connect(n1, "alice")
+    await join(alice, "lobby")
+    async with aiohttp.ClientSession() as session:
+        await _wait_http_ready(session, port)
+        bob = await session.ws_connect(f"http://127.0.0.1:{port}/ws?name=bob")
+        assert (await recv(bob))["type"] == "welcome"
+        await join(bob, "lobby")
+        assert (await recv(alice))["status"] == "online"
+        assert len(await n1.app[BROKER].nodes()) == 2
+
+        proc.kill()  # SIGKILL: no goodbye, its presence stays in Redis until reaped
+        killed_at = time.monotonic()
+        off = await recv(alice, timeout=ttl + 3)
+        ghost = time.monotonic() - killed_at
+        await bob.close()
+    assert off["status"] == "offline" and off["userId"] == "bob"
+    print(f"ghost presence cleared {ghost:.2f}s after SIGKILL (ttl {ttl}s)")
+    assert ghost <= ttl
+    assert await n1.app[BROKER].members("lobby") == [{"userId": "alice", "name": "alice"}]
+    assert [n["id"] for n in await n1.app[BROKER].nodes()] == ["n1"]
+    await nothing_more(alice)  # offline once
+
+
+async def test_redis_killed_and_restarted_mid_traffic(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+    a, _ = await connect(n1, "a")
+    b, _ = await connect(n2, "b")
+    await join(a, "r")
+    await join(b, "r")
+    await recv_type(a, "presence")
+
+    outcome: dict[str, str] = {}  # cid -> "delivered" | "unavailable"
+    at_b: list[str] = []
+
+    async def read_a() -> None:
+        while True:
+            frame = await recv(a, timeout=15)
+            if frame["type"] == "chat":
+                outcome.setdefault(frame["cid"], "delivered")
+            elif frame["type"] == "error":
+                assert frame["code"] == "unavailable", frame
+                outcome.setdefault(frame["ref"], "unavailable")
+
+    async def read_b() -> None:
+        while True:
+            frame = await recv(b, timeout=15)
+            if frame["type"] == "chat":
+                at_b.append(frame["cid"])
+
+    sent: list[str] = []
+    stop = asyncio.Event()
+
+    async def send_a() -> None:
+        k = 0
+        while not stop.is_set():
+            cid = f"m{k}"
+            sent.append(cid)
+            await a.send_json({"type": "chat", "room": "r", "text": cid, "cid": cid})
+            k += 1
+            await asyncio.sleep(0.005)
+
+    readers = [asyncio.create_task(read_a()), asyncio.create_task(read_b())]
+    sender = asyncio.create_task(send_a())
+    await until(lambda: len(outcome) >= 20, what="traffic before the kill")
+    redis_server.kill()
+    killed_at = time.monotonic()
+    await until_ready(n1, False)
+    down = time.monotonic() - killed_at
+    await until_ready(n2, False)
+    status, body = await readyz(n1)
+    assert status == 503 and body["reason"].startswith("redis unreachable"), body
+    await until(lambda: "unavailable" in outcome.values(), what="an unavailable answer")
+
+    redis_server.start()
+    restarted_at = time.monotonic()
+    await until_ready(n1, True)
+    await until_ready(n2, True)
+    up = time.monotonic() - restarted_at
+    count = len(sent)
+    await until(lambda: len(sent) >= count + 20, what="traffic after the restart")
+    stop.set()
+    await sender
+    await until(lambda: len(outcome) == len(sent), timeout=10, what="an answer to every chat")
+    # cross-node delivery resumes
+    await a.send_json({"type": "chat", "room": "r", "text": "after", "cid": "after"})
+    await until(lambda: "after" in at_b, what="b to get a's message after the restart")
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+
+    assert set(outcome) == set(sent) | {"after"}  # nothing dropped silently
+    delivered = [c for c in sent if outcome[c] == "delivered"]
+    refused = [c for c in sent if outcome[c] == "unavailable"]
+    assert refused and delivered
+    assert set(at_b) <= set(delivered) | {"after"}
+    print(
+        f"readiness 503 {down * 1000:.0f} ms after the kill; 200 {up * 1000:.0f} ms after "
+        f"the restart; {len(delivered)} delivered, {len(refused)} answered unavailable"
+    )
+
+
+async def test_redis_absent_at_startup(redis_server: RedisServer, make_chat: Any) -> None:
+    redis_server.kill()
+    n1 = await make_chat(redis_url=redis_server.url, node_id="n1")
+    status, body = await readyz(n1)
+    assert status == 503 and "redis" in body["reason"], body
+    a, _ = await connect(n1, "a")
+    await a.send_json({"type": "join", "room": "r"})
+    err = await recv(a)
+    assert err["type"] == "error" and err["code"] == "unavailable" and err["ref"] == "join"
+    redis_server.start()
+    await until_ready(n1, True)
+    ja = await join(a, "r")
+    assert ja["members"] == [{"userId": "a", "name": "a"}]
+    await a.send_json({"type": "chat", "room": "r", "text": "hello"})
+    assert (await recv_type(a, "chat"))["text"] == "hello"
+
+
+async def test_readiness_follows_the_subscriber_connection(
+    redis_server: RedisServer, make_chat: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker, "PROBE_EVERY", 0.1)
+    monkeypatch.setattr(redis_broker, "PROBE_TIMEOUT", 0.5)
+    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+    kinds: dict[str, list[str]] = {"n1": [], "n2": []}
+    reasons: list[str] = []
+
+    def record(event: Event) -> None:
+        if event.kind.startswith("BROKER"):
+            kinds[event.node].append(event.kind)
+            reasons.append(event.args[0])
+
+    n1.app[TAP].attach(record)
+    n2.app[TAP].attach(record)
+    a, _ = await connect(n1, "a")
+    b, _ = await connect(n2, "b")
+    await join(a, "r")
+    await join(b, "r")
+
+    # 1. Redis closes the subscriber connections only: commands still work, but the nodes
+    # would hear nothing, so they must report not ready, reconnect and resubscribe.
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert await r.client_kill_filter(_type="pubsub") == 2
+    finally:
+        await r.aclose()
+    for seen in kinds.values():
+        await until(lambda s=seen: s[-2:] == ["BROKER_DOWN", "BROKER_UP"], what="down, up")
+    await b.send_json({"type": "chat", "room": "r", "text": "one", "cid": "one"})
+    assert (await recv_type(a, "chat"))["cid"] == "one"
+
+    # 2. A subscription that is open but silent (here: probes go to a channel it does not
+    # hear) is found dead by the probe within PROBE_TIMEOUT.
+    broker = n1.app[BROKER]
+    kinds["n1"].clear()
+    reasons.clear()
+    monkeypatch.setattr(broker, "_control", broker._control + b"-elsewhere")
+    await until(lambda: "BROKER_DOWN" in kinds["n1"], timeout=3, what="the probe to fail")
+    assert "probe" in reasons[0], reasons
+    await until(lambda: kinds["n1"][-1:] == ["BROKER_UP"], what="ready again")
+    await b.send_json({"type": "chat", "room": "r", "text": "two", "cid": "two"})
+    assert (await recv_type(a, "chat"))["cid"] == "two"

@@ -220,10 +220,10 @@ class RedisBroker(Broker):
             raise
         self._pubsub = pubsub
         self._probe_sent = None
+        # rooms left while we were subscribing: their last member is gone
+        n = len(self._room_prefix)
         stale = [
-            c
-            for c in done
-            if c in self._channel_rooms and self._channel_rooms[c] not in self._rooms
+            c for c in done if c.startswith(self._room_prefix) and c[n:].decode() not in self._rooms
         ]
         if stale:
             await pubsub.unsubscribe(*stale)
