@@ -9,15 +9,9 @@ import time
 
 import pytest
 
+from .procs import free_port
+
 START_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (never 6379 or 8080: the OS picks)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _ping(port: int) -> bool:

@@ -7,11 +7,7 @@ made by `make_chat` with the same REDIS_URL and different node ids.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -23,7 +19,8 @@ from gochat.brokers import redis as redis_broker
 from gochat.events import Event
 from gochat.keys import BROKER, TAP
 
-from .redis_server import RedisServer, free_port
+from .procs import Node
+from .redis_server import RedisServer
 from .util import connect, join, nothing_more, recv, recv_type, until
 
 Chat = TestClient[Any, Any]
@@ -194,66 +191,35 @@ async def test_history_and_since_across_nodes(redis_server: RedisServer, make_ch
         await c.close()
 
 
-@pytest.fixture
-def node_process(redis_server: RedisServer) -> Iterator[Any]:
-    """`start(node_id, ttl)`: a gochat node in its own process (so it can be SIGKILLed)."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(node_id: str, ttl: float) -> tuple[subprocess.Popen[bytes], int]:
-        port = free_port()
-        env = dict(os.environ)
-        env.update(
-            REDIS_URL=redis_server.url,
-            GOCHAT_NODE_ID=node_id,
-            GOCHAT_PRESENCE_TTL=str(ttl),
-            GOCHAT_RATE="0",
-            GOCHAT_LOG_LEVEL="WARNING",
-        )
-        cmd = [sys.executable, "-m", "gochat", "--host", "127.0.0.1", "--port", str(port)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-        procs.append(proc)
-        return proc, port
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-async def _wait_http_ready(session: aiohttp.ClientSession, port: int) -> None:
-    async with asyncio.timeout(15):
-        while True:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-
-
 async def test_killed_node_goes_offline_within_ttl(
-    redis_server: RedisServer, make_chat: Any, node_process: Any
+    redis_server: RedisServer, make_chat: Any
 ) -> None:
     ttl = 2.0  # by design the ghost goes 2/3..5/6 of the ttl after the kill
     (n1,) = await nodes(make_chat, redis_server, "n1", presence_ttl=ttl)
-    proc, port = node_process("n2", ttl)
-    alice, _ = await connect(n1, "alice")
-    await join(alice, "lobby")
-    async with aiohttp.ClientSession() as session:
-        await _wait_http_ready(session, port)
-        bob = await session.ws_connect(f"http://127.0.0.1:{port}/ws?name=bob")
-        assert (await recv(bob))["type"] == "welcome"
-        await join(bob, "lobby")
-        assert (await recv(alice))["status"] == "online"
-        assert len(await n1.app[BROKER].nodes()) == 2
+    env = {
+        "REDIS_URL": redis_server.url,
+        "GOCHAT_NODE_ID": "n2",
+        "GOCHAT_PRESENCE_TTL": str(ttl),
+        "GOCHAT_LOG_LEVEL": "WARNING",
+    }
+    n2 = await Node.start(env, ready_path="/readyz")  # its own process, to be SIGKILLed
+    try:
+        alice, _ = await connect(n1, "alice")
+        await join(alice, "lobby")
+        async with aiohttp.ClientSession() as session:
+            bob = await session.ws_connect(f"{n2.url}/ws?name=bob")
+            assert (await recv(bob))["type"] == "welcome"
+            await join(bob, "lobby")
+            assert (await recv(alice))["status"] == "online"
+            assert len(await n1.app[BROKER].nodes()) == 2
 
-        proc.kill()  # SIGKILL: no goodbye, its presence stays in Redis until reaped
-        killed_at = time.monotonic()
-        off = await recv(alice, timeout=ttl + 3)
-        ghost = time.monotonic() - killed_at
-        await bob.close()
+            killed_at = time.monotonic()
+            await n2.kill()  # SIGKILL: no goodbye, its presence stays in Redis until reaped
+            off = await recv(alice, timeout=ttl + 3)
+            ghost = time.monotonic() - killed_at
+            await bob.close()
+    finally:
+        await n2.kill()
     assert off["status"] == "offline" and off["userId"] == "bob"
     print(f"ghost presence cleared {ghost:.2f}s after SIGKILL (ttl {ttl}s)")
     assert ghost <= ttl
@@ -403,3 +369,18 @@ async def test_readiness_follows_the_subscriber_connection(
     await until(lambda: kinds["n1"][-1:] == ["BROKER_UP"], what="ready again")
     await b.send_json({"type": "chat", "room": "r", "text": "two", "cid": "two"})
     assert (await recv_type(a, "chat"))["cid"] == "two"
+
+
+async def test_console_events_and_nodes_cluster_wide(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+    got: dict[str, list[bytes]] = {"n1": [], "n2": []}
+    for name, app in (("n1", n1), ("n2", n2)):
+        app.app[BROKER].set_event_handler(got[name].append)
+    n1.app[BROKER].publish_event(b'{"kind":"NOTICE"}')
+    await until(lambda: got["n1"] and got["n2"], what="the event on both nodes")
+    assert got == {"n1": [b'{"kind":"NOTICE"}'], "n2": [b'{"kind":"NOTICE"}']}
+    listed = await n2.app[BROKER].nodes()
+    assert sorted(n["id"] for n in listed) == ["n1", "n2"]
+    assert all(n["broker"] == "redis" and n["ready"] is True for n in listed)

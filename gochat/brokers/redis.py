@@ -243,7 +243,7 @@ class RedisBroker(Broker):
 
     async def _register(self) -> None:
         """After a (re)connect: heartbeat, then make Redis's presence for us match ours."""
-        await self._heartbeat()
+        await self._heartbeat(ready=True)  # what the node is once this returns
         await self._sync_presence()
 
     async def _read_loop(self) -> None:
@@ -324,15 +324,16 @@ class RedisBroker(Broker):
             except FAILURES as exc:
                 log.debug("maintenance skipped: %s", exc)
 
-    def _info_json(self) -> bytes:
+    def _info_json(self, ready: bool | None = None) -> bytes:
         info = self._node_info() if self._node_info is not None else {}
-        body = {"id": self.node_id, **info, "broker": self.kind, "ready": self.ready}
+        ready = self.ready if ready is None else ready
+        body = {"id": self.node_id, **info, "broker": self.kind, "ready": ready}
         return json.dumps(body, default=str, separators=(",", ":")).encode()
 
-    async def _heartbeat(self) -> bool:
+    async def _heartbeat(self, ready: bool | None = None) -> bool:
         """Refresh our heartbeat key; True when Redis did not know this node."""
         added = await self._scripts["heartbeat"](
-            args=[self.prefix, self.node_id, self._info_json(), self.heartbeat_ms]
+            args=[self.prefix, self.node_id, self._info_json(ready), self.heartbeat_ms]
         )
         return bool(added)
 
