@@ -194,7 +194,7 @@ async def test_history_and_since_across_nodes(redis_server: RedisServer, make_ch
 async def test_killed_node_goes_offline_within_ttl(
     redis_server: RedisServer, make_chat: Any
 ) -> None:
-    ttl = 2.0  # by design the ghost goes 2/3..5/6 of the ttl after the kill
+    ttl = 2.0  # by design the ghost goes 1/2..5/6 of the ttl after the kill
     (n1,) = await nodes(make_chat, redis_server, "n1", presence_ttl=ttl)
     env = {
         "REDIS_URL": redis_server.url,

@@ -76,8 +76,8 @@ class RedisBroker(Broker):
         self.url = settings.redis_url
         self.prefix = settings.key_prefix
         self.ttl = settings.presence_ttl
-        # A node's heartbeat outlives 4 missed refreshes; a survivor notices its expiry within
-        # one more period, so a crashed node's members go offline 2/3..5/6 of the TTL after.
+        # A heartbeat outlives 3 missed refreshes; a survivor's reaper sees it gone within one
+        # more period, so a crashed node's members go offline 1/2..5/6 of the TTL after.
         self.heartbeat_ms = max(int(self.ttl * 2000 / 3), 100)
         self.maintain_every = max(self.ttl / 6, 0.05)
         pre = self.prefix.encode()
