@@ -384,3 +384,19 @@ async def test_console_events_and_nodes_cluster_wide(
     listed = await n2.app[BROKER].nodes()
     assert sorted(n["id"] for n in listed) == ["n1", "n2"]
     assert all(n["broker"] == "redis" and n["ready"] is True for n in listed)
+
+
+async def test_clean_stop_sends_offline_at_once(redis_server: RedisServer, make_chat: Any) -> None:
+    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+    alice, _ = await connect(n1, "alice")
+    await join(alice, "lobby")
+    bob, _ = await connect(n2, "bob")
+    await join(bob, "lobby")
+    assert (await recv(alice))["status"] == "online"
+    started = time.monotonic()
+    await n2.close()  # SIGTERM path: clients get 1001, the node leaves the cluster
+    off = await recv(alice, timeout=3)
+    assert off["status"] == "offline" and off["userId"] == "bob"
+    assert time.monotonic() - started < 3
+    assert [n["id"] for n in await n1.app[BROKER].nodes()] == ["n1"]
+    await nothing_more(alice)
