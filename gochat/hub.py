@@ -164,7 +164,12 @@ class Hub:
                 if room not in self.rooms:
                     await self.broker.subscribe(room)
                     self.rooms[room] = {}
-            await self.broker.presence_add(room, client.id, client.user_id, client.name)
+            try:
+                await self.broker.presence_add(room, client.id, client.user_id, client.name)
+            except BrokerUnavailable as exc:
+                raise ProtocolError(
+                    ErrorCode.UNAVAILABLE, str(exc) or "broker down", "join"
+                ) from None
             counted = True
             history_ids = await self._send_joined(client, room, since)
         except BaseException:

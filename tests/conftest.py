@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from gochat.app import create_app
 from gochat.config import Settings
+
+from .redis_server import RedisServer
 
 MakeChat = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -36,3 +38,17 @@ def make_chat(aiohttp_client: Any) -> MakeChat:
 async def chat(make_chat: MakeChat) -> TestClient[Any, Any]:
     """A TestClient on an app with default test settings."""
     return await make_chat()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server of this test's own on a free port; killed at teardown.
+
+    Request it before `make_chat`, so the apps leave before their Redis goes away.
+    """
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

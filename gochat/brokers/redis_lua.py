@@ -1,0 +1,151 @@
+"""The Lua scripts of the Redis broker: each one is atomic, so each decision is made once.
+
+Keys and channels (P is the configurable prefix, default `gochat:`):
+
+    P room:{room}             channel: the room's envelopes (`c<id>` chat, `p<userId>` presence)
+    P history:{room}          stream: chat suffixes, MAXLEN ~ GOCHAT_HISTORY; entry id = message id
+    P presence:{room}         hash: connection id -> userId (connection ids are `{node}/{n}`)
+    P presence_users:{room}   hash: userId -> connections in the room, cluster-wide
+    P presence_names:{room}   hash: userId -> display name (the room's members)
+    P node_conns:{node}       set: `{room}\\n{connection id}` registered by that node
+    P node:{node}             string with a TTL: the node's heartbeat (its JSON info)
+    P nodes                   set: node ids that may own presence entries
+    P control:{node}          channel: the node's own liveness probe
+    P events                  channel: console events of every node
+
+A user's `online` is published when their count in a room goes from 0 to 1, and `offline`
+when it returns to 0, inside the script that changes the count: exactly once per cluster.
+The presence scripts build key names from the prefix, so they need a single Redis (or a
+cluster with every key in one slot); the publish script declares its key.
+"""
+
+from __future__ import annotations
+
+# XADD and PUBLISH in one step: the stream id is the message id and the publish order is the
+# stream order, so every node sees one order per room. The stream keeps the JSON after the id.
+# KEYS[1] stream; ARGV: trim operator (~ or =), maxlen, chat suffix, channel, chat prefix
+PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 's', ARGV[3])
+redis.call('PUBLISH', ARGV[4], 'c' .. id .. '\\n' .. ARGV[5] .. id .. ARGV[3])
+return id
+"""
+
+# Shared by the presence scripts. ARGV[1] is always the key prefix.
+_PRELUDE = """
+local P = ARGV[1]
+
+local function envelope(user, name, room, status)
+  return 'p' .. user .. '\\n{"type":"presence","userId":' .. cjson.encode(user)
+    .. ',"name":' .. cjson.encode(name) .. ',"room":' .. cjson.encode(room)
+    .. ',"status":"' .. status .. '"}'
+end
+
+local function add(nc, room, conn, user, name)
+  redis.call('SADD', nc, room .. '\\n' .. conn)
+  if redis.call('HSETNX', P .. 'presence:' .. room, conn, user) == 0 then return 0 end
+  if redis.call('HINCRBY', P .. 'presence_users:' .. room, user, 1) == 1 then
+    redis.call('HSET', P .. 'presence_names:' .. room, user, name)
+    redis.call('PUBLISH', P .. 'room:' .. room, envelope(user, name, room, 'online'))
+  end
+  return 1
+end
+
+local function remove(nc, room, conn)
+  redis.call('SREM', nc, room .. '\\n' .. conn)
+  local pk = P .. 'presence:' .. room
+  local user = redis.call('HGET', pk, conn)
+  if not user then return 0 end
+  redis.call('HDEL', pk, conn)
+  local uk = P .. 'presence_users:' .. room
+  if redis.call('HINCRBY', uk, user, -1) <= 0 then
+    local nk = P .. 'presence_names:' .. room
+    local name = redis.call('HGET', nk, user) or user
+    redis.call('HDEL', uk, user)
+    redis.call('HDEL', nk, user)
+    redis.call('PUBLISH', P .. 'room:' .. room, envelope(user, name, room, 'offline'))
+  end
+  return 1
+end
+
+local function remove_member(nc, m)
+  local nl = string.find(m, '\\n', 1, true)
+  return remove(nc, string.sub(m, 1, nl - 1), string.sub(m, nl + 1))
+end
+
+local function drop_node(node)
+  local nc = P .. 'node_conns:' .. node
+  for _, m in ipairs(redis.call('SMEMBERS', nc)) do remove_member(nc, m) end
+  redis.call('DEL', nc)
+  redis.call('SREM', P .. 'nodes', node)
+end
+"""
+
+# ARGV: prefix, node, room, connection id, userId, name
+PRESENCE_ADD = (
+    _PRELUDE
+    + """
+return add(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+)
+
+# ARGV: prefix, node, room, connection id
+PRESENCE_REMOVE = (
+    _PRELUDE
+    + """
+return remove(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4])
+"""
+)
+
+# Make the node's registered presence equal to what it has now, publishing only real
+# transitions (a short blip changes nothing; after a Redis restart everything is added).
+# ARGV: prefix, node, then (room, connection id, userId, name) for each local membership
+PRESENCE_SYNC = (
+    _PRELUDE
+    + """
+local nc = P .. 'node_conns:' .. ARGV[2]
+local want = {}
+for i = 3, #ARGV, 4 do want[ARGV[i] .. '\\n' .. ARGV[i + 1]] = true end
+local removed, added = 0, 0
+for _, m in ipairs(redis.call('SMEMBERS', nc)) do
+  if not want[m] then removed = removed + remove_member(nc, m) end
+end
+for i = 3, #ARGV, 4 do added = added + add(nc, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
+return {removed, added}
+"""
+)
+
+# Refresh the heartbeat; returns 1 when the node was not registered (first start, or other
+# nodes reaped it while it could not reach Redis): the caller then registers its presence.
+# ARGV: prefix, node, info JSON, ttl in ms
+HEARTBEAT = """
+redis.call('SET', ARGV[1] .. 'node:' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
+return redis.call('SADD', ARGV[1] .. 'nodes', ARGV[2])
+"""
+
+# Every node runs this periodically; the first run after a heartbeat expires removes the
+# dead node's members and publishes their `offline`, later runs find nothing to do.
+# ARGV: prefix, calling node
+REAP = (
+    _PRELUDE
+    + """
+local dead = {}
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if node ~= ARGV[2] and redis.call('EXISTS', P .. 'node:' .. node) == 0 then
+    drop_node(node)
+    dead[#dead + 1] = node
+  end
+end
+return dead
+"""
+)
+
+# A clean goodbye: this node's members leave (offline where they were the last), heartbeat gone.
+# ARGV: prefix, node
+LEAVE = (
+    _PRELUDE
+    + """
+drop_node(ARGV[2])
+redis.call('DEL', P .. 'node:' .. ARGV[2])
+return 1
+"""
+)
