@@ -22,7 +22,11 @@ async def test_welcome_join_chat_presence(chat: TestClient[Any, Any]) -> None:
     assert {m["userId"] for m in jb["members"]} == {"alice", "bob"}
     online = await recv(a)
     assert online == {
-        "type": "presence", "userId": "bob", "name": "bob", "room": "lobby", "status": "online"
+        "type": "presence",
+        "userId": "bob",
+        "name": "bob",
+        "room": "lobby",
+        "status": "online",
     }
     await a.send_json({"type": "chat", "room": "lobby", "text": "  hello  ", "cid": "c1"})
     got_a, got_b = await recv(a), await recv(b)
