@@ -74,9 +74,17 @@ def own_origin(request: web.Request) -> str:
 
 
 def same_origin(request: web.Request) -> bool:
-    """No Origin (not a browser) or exactly ours; GOCHAT_ALLOWED_ORIGINS do not apply here."""
+    """No Origin (not a browser) or exactly ours; GOCHAT_ALLOWED_ORIGINS do not apply here.
+
+    Under `Referrer-Policy: no-referrer` browsers send `Origin: null` on form posts; then
+    the browser's own `Sec-Fetch-Site` must say the request came from this origin.
+    """
     origin = request.headers.get("Origin")
-    return origin is None or origin.strip().rstrip("/").lower() == own_origin(request)
+    if origin is None:
+        return True
+    if origin.strip() == "null":
+        return request.headers.get("Sec-Fetch-Site") == "same-origin"
+    return origin.strip().rstrip("/").lower() == own_origin(request)
 
 
 def is_secure(request: web.Request) -> bool:

@@ -353,7 +353,9 @@
   }
 
   function updateStats() {
-    let text = `${lines.childElementCount} lines`;
+    const total = lines.childElementCount;
+    const shown = lines.querySelectorAll('li:not([hidden])').length;
+    let text = shown === total ? `${total} lines` : `${shown} of ${total} lines shown`;
     if (held.length) text += ` · ${held.length} new while paused`;
     if (dropped) text += ` · ${dropped} dropped`;
     setText(stats, text);
@@ -465,6 +467,7 @@
           line: li.textContent,
         });
       }
+      updateStats();
     }, 150);
   }
   filterForm.addEventListener('input', onFilterChange);
