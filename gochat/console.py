@@ -99,8 +99,7 @@ class Console:
 
     def _share(self, event: Event) -> None:
         """Tap sink: put one local event on the cluster's events channel."""
-        data = event.to_dict()
-        del data["line"]  # receivers rebuild it; the channel carries less
+        data = event.to_dict(line=False)  # receivers build the line; the channel carries less
         self.broker.publish_event(b"e" + json.dumps(data, separators=(",", ":")).encode())
 
     def _control(self, ctl: str, **fields: Any) -> None:
@@ -119,10 +118,13 @@ class Console:
             log.warning("ignored a malformed message on the events channel")
 
     def _show(self, data: dict[str, Any]) -> None:
-        event = Event.from_dict(data).to_dict()
+        event: dict[str, Any] | None = None
         for viewer in self.viewers:
-            if viewer.filter.matches(event):
-                viewer.feed.push(event)
+            if viewer.filter.wants(data):  # cheap checks first: most filters drop most events
+                if event is None:
+                    event = Event.from_dict(data).to_dict()
+                if viewer.filter.matches(event):
+                    viewer.feed.push(event)
 
     def _on_control(self, body: dict[str, Any]) -> None:
         ctl = body["ctl"]

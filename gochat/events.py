@@ -55,8 +55,9 @@ class Event:
         quoted = " ".join(quote(a) for a in (self.kind, *self.args))
         return f"{self.ts:.6f} [{self.node} {self.addr}] {quoted}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, line: bool = True) -> dict[str, Any]:
+        """The event as JSON-able data; `line` adds its monitor line."""
+        data = {
             "ts": self.ts,
             "node": self.node,
             "addr": self.addr,
@@ -65,8 +66,10 @@ class Event:
             "room": self.room,
             "user": self.user,
             "conn": self.conn,
-            "line": self.monitor_line(),
         }
+        if line:
+            data["line"] = self.monitor_line()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
@@ -90,6 +93,9 @@ def quote(value: str, limit: int = MAX_ARG) -> str:
     cut = len(value) > limit
     if cut:
         value = value[:limit]
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    if escaped.isprintable():  # the usual case (no control characters), at C speed
+        return '"' + escaped + ('..."' if cut else '"')
     out = []
     for ch in value:
         if ch in _ESCAPES:
@@ -208,13 +214,18 @@ class EventFilter:
             text=field_of("text"),
         )
 
-    def matches(self, event: dict[str, Any]) -> bool:
+    def wants(self, event: dict[str, Any]) -> bool:
+        """Every test but the text one (which needs the monitor line)."""
         if self.kinds is not None and event["kind"] not in self.kinds:
             return False
         if self.room and event.get("room") != self.room:
             return False
         if self.user and event.get("user") != self.user:
             return False
-        if self.node and event["node"] != self.node:
+        return not self.node or event["node"] == self.node
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        """`event` has its `line`."""
+        if not self.wants(event):
             return False
         return not self.text or self.text.lower() in event["line"].lower()
