@@ -189,9 +189,19 @@ class Console:
             await task
 
     async def close_viewers(self) -> None:
-        """on_shutdown: every console stream gets 1001."""
-        for viewer in list(self.viewers):
-            await viewer.ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+        """on_shutdown: every console stream gets 1001, together, within the grace period."""
+        closes = [
+            asyncio.ensure_future(
+                v.ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+            )
+            for v in self.viewers
+        ]
+        if closes:
+            _, pending = await asyncio.wait(closes, timeout=max(self.settings.shutdown_grace, 0.5))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
     # --- actions -------------------------------------------------------------------------
 

@@ -566,3 +566,10 @@ def test_message_ts_parsing() -> None:
     )
     assert message_ts_ms(wire) == 1732740000123
     assert message_ts_ms(b'{"type":"chat"}') is None
+
+
+async def test_shutdown_closes_console_streams_with_1001(admin: Client) -> None:
+    ws = await open_stream(admin)
+    await admin.app[CONSOLE].close_viewers()
+    assert await expect_close(ws) == 1001
+    await until(lambda: not admin.app[CONSOLE].viewers, what="viewer gone")
