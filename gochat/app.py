@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from .admin import add_admin
 from .assets import asset_dir
 from .brokers import Broker, create_broker
 from .config import Settings
@@ -85,7 +86,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 def create_app(
     settings: Settings | None = None, *, broker: Broker | None = None
 ) -> web.Application:
-    """One application: /ws, /healthz, /readyz and the browser client at /."""
+    """One application: /ws, /healthz, /readyz, the browser client at /, the console at
+    /admin and /metrics."""
     settings = settings if settings is not None else Settings.from_env()
     app = web.Application()
     app[SETTINGS] = settings
@@ -99,6 +101,7 @@ def create_app(
     add_web_client(app)
 
     app.cleanup_ctx.append(broker_ctx)
+    add_admin(app)  # after broker_ctx: the console's ticker stops before the broker
     app.on_shutdown.append(shutdown_clients)
     app.on_response_prepare.append(_security_headers)
     return app

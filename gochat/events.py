@@ -9,9 +9,11 @@ Events print in Redis-MONITOR style:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +55,9 @@ class Event:
         quoted = " ".join(quote(a) for a in (self.kind, *self.args))
         return f"{self.ts:.6f} [{self.node} {self.addr}] {quoted}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, line: bool = True) -> dict[str, Any]:
+        """The event as JSON-able data; `line` adds its monitor line."""
+        data = {
             "ts": self.ts,
             "node": self.node,
             "addr": self.addr,
@@ -63,8 +66,10 @@ class Event:
             "room": self.room,
             "user": self.user,
             "conn": self.conn,
-            "line": self.monitor_line(),
         }
+        if line:
+            data["line"] = self.monitor_line()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
@@ -88,6 +93,9 @@ def quote(value: str, limit: int = MAX_ARG) -> str:
     cut = len(value) > limit
     if cut:
         value = value[:limit]
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    if escaped.isprintable():  # the usual case (no control characters), at C speed
+        return '"' + escaped + ('..."' if cut else '"')
     out = []
     for ch in value:
         if ch in _ESCAPES:
@@ -143,3 +151,81 @@ class EventTap:
                 sink(event)
             except Exception:  # a broken console must not break the chat
                 log.exception("event sink %r failed", sink)
+
+
+class Feed:
+    """One console viewer's queue: bounded, drop-oldest, never blocks the producer.
+
+    Losing a console line is acceptable, slowing the chat is not: `push` is synchronous and
+    O(1); when the viewer falls behind the oldest lines go and `dropped` says how many.
+    """
+
+    def __init__(self, size: int = 1000) -> None:
+        self._items: deque[dict[str, Any]] = deque(maxlen=size)
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, item: dict[str, Any]) -> None:
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+        self._items.append(item)
+        self._ready.set()
+
+    async def take(self) -> tuple[list[dict[str, Any]], int]:
+        """Wait for at least one item; return everything queued and the count dropped."""
+        await self._ready.wait()
+        self._ready.clear()
+        items = list(self._items)
+        self._items.clear()
+        dropped, self.dropped = self.dropped, 0
+        return items, dropped
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """What one viewer wants to see; an empty field (or `kinds` None) matches everything."""
+
+    room: str = ""
+    user: str = ""
+    node: str = ""
+    kinds: frozenset[str] | None = None
+    text: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EventFilter:
+        """Build from a browser's `filter` message; unknown kinds and odd types are ignored."""
+
+        def field_of(name: str) -> str:
+            value = data.get(name)
+            return value.strip()[:128] if isinstance(value, str) else ""
+
+        raw_kinds = data.get("kinds")
+        kinds: Iterable[Any] | None = raw_kinds if isinstance(raw_kinds, list) else None
+        return cls(
+            room=field_of("room"),
+            user=field_of("user"),
+            node=field_of("node"),
+            kinds=None
+            if kinds is None
+            else frozenset(k for k in kinds if isinstance(k, str) and k in KINDS),
+            text=field_of("text"),
+        )
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        """Every test but the text one (which needs the monitor line)."""
+        if self.kinds is not None and event["kind"] not in self.kinds:
+            return False
+        if self.room and event.get("room") != self.room:
+            return False
+        if self.user and event.get("user") != self.user:
+            return False
+        return not self.node or event["node"] == self.node
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        """`event` has its `line`."""
+        if not self.wants(event):
+            return False
+        return not self.text or self.text.lower() in event["line"].lower()

@@ -12,11 +12,19 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from . import protocol
-from .brokers.base import CHAT, PRESENCE, Broker, BrokerUnavailable, split_envelope
+from .brokers.base import (
+    CHAT,
+    CHAT_PREFIX,
+    PRESENCE,
+    Broker,
+    BrokerUnavailable,
+    chat_suffix,
+    split_envelope,
+)
 from .client import Client
 from .config import Settings
 from .events import EventTap
@@ -47,6 +55,9 @@ class Hub:
         self.per_ip: Counter[str] = Counter()
         self.outbox = Outbox(settings.send_buffer_bytes, self._overflow)
         self.counters: Counter[str] = Counter()
+        self.room_msgs: Counter[str] = Counter()  # chat messages delivered per local room
+        # metrics: called with each chat message's wire JSON once it is handed to members
+        self.on_fanout: Callable[[bytes], None] | None = None
         self.closing = False
         broker.bind(self.deliver, self._broker_state, presence_source=self.local_presence)
 
@@ -78,6 +89,8 @@ class Hub:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+        self.counters["msgs_in_closed"] += client.msgs_in
+        self.counters["msgs_out_closed"] += client.msgs_out
         for room in list(client.rooms):
             await self._remove_member(client, room)
         self.tap.emit(
@@ -289,6 +302,17 @@ class Hub:
         except BrokerUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref) from None
         self.counters["published"] += 1
+        if self.tap.active:  # here, not in deliver: once per message, with the sender's address
+            wire = CHAT_PREFIX + msg_id.encode() + chat_suffix(fields)
+            self.tap.emit(
+                "PUBLISH",
+                client.remote,
+                self.settings.key_prefix + "room:" + room,
+                wire.decode(),
+                room=room,
+                user=client.user_id,
+                conn=client.id,
+            )
         return msg_id
 
     def deliver(self, room: str, envelope: bytes) -> None:
@@ -316,14 +340,18 @@ class Hub:
             for buffered in waiting.values():
                 buffered.append((kind, key, frame))
         self.counters["delivered"] += 1
-        if self.tap.active:
-            name = "PUBLISH" if kind == CHAT else "PRESENCE"
+        if kind == CHAT:
+            self.room_msgs[room] += 1
+            if self.on_fanout is not None:
+                self.on_fanout(wire)
+        elif self.tap.active:
             self.tap.emit(
-                name,
+                "PRESENCE",
                 self.node_id,
                 self.settings.key_prefix + "room:" + room,
                 wire.decode(errors="replace"),
                 room=room,
+                user=key.decode(errors="replace"),
             )
 
     def local_presence(self) -> Iterator[tuple[str, str, str, str]]:
@@ -339,6 +367,7 @@ class Hub:
             "up" if ready else "down",
             reason,
         )
+        self.counters["broker_up" if ready else "broker_down"] += 1
         self.tap.emit("BROKER_UP" if ready else "BROKER_DOWN", self.node_id, reason)
 
     # --- shutdown ------------------------------------------------------------------------

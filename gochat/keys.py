@@ -6,10 +6,14 @@ from aiohttp import web
 
 from .brokers.base import Broker
 from .config import Settings
+from .console import Console
 from .events import EventTap
 from .hub import Hub
+from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 BROKER = web.AppKey("broker", Broker)
 TAP = web.AppKey("tap", EventTap)
 HUB = web.AppKey("hub", Hub)
+CONSOLE = web.AppKey("console", Console)
+METRICS = web.AppKey("metrics", Metrics)

@@ -1,0 +1,355 @@
+"""The console's state on one node: viewers of the event stream, the cluster events channel,
+operator actions (kick, notice) and the snapshot behind the live tables.
+
+Cluster events. Every node's tap gets one sink (`_share`) that publishes its events on the
+broker's events channel; `on_cluster_message` receives every node's events, its own included,
+and hands them to the local viewers only, never back to the tap, so nothing loops. The sink
+is attached only while some console in the cluster is watching (viewers announce themselves
+with a WATCH control message every few seconds), so a cluster nobody watches pays one
+attribute test per event. Control messages (WATCH, KICK_REQUEST, REVOKE) travel on the same
+channel; envelopes start with `e` (event) or `c` (control).
+
+Snapshot scope: the nodes table covers the whole cluster (`broker.nodes()`); the connection
+and room tables list this node's connections and rooms (members counted cluster-wide),
+since a node can only enumerate its own sockets. Each node's row says how many it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .brokers.base import Broker, BrokerUnavailable
+from .client import Client
+from .config import Settings
+from .console_auth import ConsoleAuth
+from .events import Event, EventFilter, EventTap, Feed
+from .hub import Hub
+from .protocol import CloseCode, ErrorCode, ProtocolError, check_room
+
+log = logging.getLogger(__name__)
+
+WATCH_TTL = 15.0  # seconds a WATCH keeps every node publishing its events
+FEED_SIZE = 2000  # lines queued per viewer before the oldest are dropped
+SEND_INTERVAL = 0.05  # a viewer gets at most one frame per this many seconds
+RATE_WINDOW = 5  # seconds over which a room's messages per second are averaged
+SYSTEM_USER = "system"
+MAX_REASON_BYTES = 120  # a WebSocket close reason must fit in 123 bytes
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (current, from /proc; peak where there is no /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def clip_reason(reason: str) -> str:
+    """A close reason cut to what a close frame carries, never inside a character."""
+    return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+@dataclass(eq=False)
+class Viewer:
+    """One console watching the event stream."""
+
+    ws: web.WebSocketResponse
+    feed: Feed = field(default_factory=lambda: Feed(FEED_SIZE))
+    filter: EventFilter = field(default_factory=EventFilter)
+
+
+class Console:
+    """The operations console on this node (one per app)."""
+
+    def __init__(
+        self, settings: Settings, hub: Hub, broker: Broker, tap: EventTap, token: str
+    ) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.hub = hub
+        self.broker = broker
+        self.tap = tap
+        self.auth = ConsoleAuth(token)
+        self.viewers: set[Viewer] = set()
+        self._watched_until = 0.0
+        self._announced = 0.0
+        self._sharing = False
+        self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
+        broker.set_event_handler(self.on_cluster_message)
+        broker.set_node_info(self.node_info)
+
+    # --- cluster events channel ----------------------------------------------------------
+
+    def _share(self, event: Event) -> None:
+        """Tap sink: put one local event on the cluster's events channel."""
+        data = event.to_dict(line=False)  # receivers build the line; the channel carries less
+        self.broker.publish_event(b"e" + json.dumps(data, separators=(",", ":")).encode())
+
+    def _control(self, ctl: str, **fields: Any) -> None:
+        body = {"ctl": ctl, "from": self.node_id, **fields}
+        self.broker.publish_event(b"c" + json.dumps(body, separators=(",", ":")).encode())
+
+    def on_cluster_message(self, data: bytes) -> None:
+        """Broker callback for every message on the events channel, from every node."""
+        try:
+            if data[:1] == b"e":
+                if self.viewers:
+                    self._show(json.loads(data[1:]))
+            elif data[:1] == b"c":
+                self._on_control(json.loads(data[1:]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed message on the events channel")
+
+    def _show(self, data: dict[str, Any]) -> None:
+        event: dict[str, Any] | None = None
+        for viewer in self.viewers:
+            if viewer.filter.wants(data):  # cheap checks first: most filters drop most events
+                if event is None:
+                    event = Event.from_dict(data).to_dict()
+                if viewer.filter.matches(event):
+                    viewer.feed.push(event)
+
+    def _on_control(self, body: dict[str, Any]) -> None:
+        ctl = body["ctl"]
+        now = time.time()
+        if ctl == "WATCH":
+            self._watched_until = max(self._watched_until, now + min(float(body["ttl"]), 60.0))
+            if not self._sharing:
+                self._sharing = True
+                self.tap.attach(self._share)
+        elif ctl == "KICK_REQUEST":
+            client = self.hub.clients.get(str(body["conn"]))
+            if client is not None:
+                self._kick_local(client, str(body["reason"]), str(body["by"]))
+        elif ctl == "REVOKE":
+            self.auth.revoke(str(body["sid"]), float(body["expires"]), now)
+
+    def _announce_watch(self, now: float) -> None:
+        self._announced = now
+        self._control("WATCH", ttl=WATCH_TTL)
+
+    def add_viewer(self, viewer: Viewer) -> None:
+        self.viewers.add(viewer)
+        self._announce_watch(time.time())
+
+    def remove_viewer(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+
+    def tick(self, now: float) -> None:
+        """Once a second: keep the cluster publishing while we watch, sample room rates."""
+        if self.viewers and now - self._announced >= WATCH_TTL / 3:
+            self._announce_watch(now)
+        if self._sharing and now > self._watched_until:
+            self._sharing = False
+            self.tap.detach(self._share)
+        counts = self.hub.room_msgs
+        for room in [r for r in counts if r not in self.hub.rooms]:
+            del counts[room]  # forget rooms this node left
+        self._samples.append((now, dict(counts)))
+
+    def room_rate(self, room: str) -> float:
+        """Chat messages per second in `room` over the last few seconds."""
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        if t1 <= t0:
+            return 0.0
+        return max(0, last.get(room, 0) - first.get(room, 0)) / (t1 - t0)
+
+    @asynccontextmanager
+    async def ticker_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: the once-a-second tick, kept and awaited on shutdown."""
+
+        async def run() -> None:
+            while True:
+                self.tick(time.time())
+                await asyncio.sleep(1.0)
+
+        task = asyncio.get_running_loop().create_task(run())
+        yield
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+    async def close_viewers(self) -> None:
+        """on_shutdown: every console stream gets 1001, together, within the grace period."""
+        closes = [
+            asyncio.ensure_future(
+                v.ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+            )
+            for v in self.viewers
+        ]
+        if closes:
+            _, pending = await asyncio.wait(closes, timeout=max(self.settings.shutdown_grace, 0.5))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    # --- actions -------------------------------------------------------------------------
+
+    def _kick_local(self, client: Client, reason: str, by: str) -> None:
+        log.warning("console %s kicked %s (%s): %s", by, client.id, client.user_id, reason)
+        self.tap.emit(
+            "KICK", by, client.id, client.user_id, reason, conn=client.id, user=client.user_id
+        )
+        self.hub.drop(client, CloseCode.KICKED, reason)
+
+    async def kick(self, conn_id: str, reason: str, by: str) -> str:
+        """Close a connection with 4001 on whichever node holds it: "kicked" or "sent".
+
+        Raises LookupError when no such connection (or node) is known.
+        """
+        reason = clip_reason(reason.strip() or "kicked by an operator")
+        client = self.hub.clients.get(conn_id)
+        if client is not None:
+            self._kick_local(client, reason, by)
+            return "kicked"
+        node = conn_id.rpartition("/")[0]
+        if node == self.node_id or node not in {n.get("id") for n in await self.broker.nodes()}:
+            raise LookupError(conn_id)
+        self._control("KICK_REQUEST", conn=conn_id, reason=reason, by=by)
+        return "sent"
+
+    async def notice(self, room: str, text: str, by: str) -> str:
+        """Say `text` in `room` as the system user, to every member on every node."""
+        check_room(room, "notice")
+        text = text.strip()
+        if not text:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: empty", "notice")
+        if len(text) > self.settings.max_text:
+            raise ProtocolError(ErrorCode.TOO_LONG, "text too long", "notice")
+        fields: dict[str, Any] = {
+            "room": room,
+            "userId": SYSTEM_USER,
+            "name": SYSTEM_USER,
+            "text": text,
+            "ts": time.time_ns() // 1_000_000,
+            "system": True,  # a user may call themselves "system"; clients can tell
+        }
+        try:
+            msg_id = await self.broker.publish(room, fields)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, str(exc) or "broker down", "notice"
+            ) from None
+        log.warning("console %s sent a notice to %s: %r", by, room, text[:200])
+        self.tap.emit(
+            "NOTICE",
+            by,
+            self.settings.key_prefix + "room:" + room,
+            text,
+            msg_id,
+            room=room,
+            user=SYSTEM_USER,
+        )
+        return msg_id
+
+    def logout(self, sid: str, expires: float) -> None:
+        self.auth.revoke(sid, expires, time.time())
+        self._control("REVOKE", sid=sid, expires=expires)
+
+    # --- snapshot ------------------------------------------------------------------------
+
+    def node_info(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "started": self.hub.started_at,
+            "uptime": now - self.hub.started_at,
+            "connections": len(self.hub.clients),
+            "rooms": len(self.hub.rooms),
+            "rss": rss_bytes(),
+            "reason": self.broker.reason,
+            "viewers": len(self.viewers),
+        }
+
+    def connection_row(self, client: Client) -> dict[str, Any]:
+        limit = self.settings.send_buffer_bytes
+        buffered = client.buffered_bytes()
+        return {
+            "id": client.id,
+            "node": self.node_id,
+            "user": client.user_id,
+            "name": client.name,
+            "remote": client.remote,
+            "rooms": sorted(client.rooms),
+            "since": client.connected_at,
+            "in": client.msgs_in,
+            "out": client.msgs_out,
+            "buffered": buffered,
+            "fill": min(1.0, buffered / limit) if limit else 0.0,
+        }
+
+    def connections(self, q: str, page: int, limit: int) -> dict[str, Any]:
+        """One page of this node's connections, filtered server-side by a substring."""
+        clients: Any = self.hub.clients.values()
+        if q:
+            needle = q.lower()
+            clients = [
+                c
+                for c in clients
+                if needle in c.id.lower()
+                or needle in c.user_id.lower()
+                or needle in c.name.lower()
+                or needle in c.remote
+                or any(needle in r.lower() for r in c.rooms)
+            ]
+        else:
+            clients = list(clients)
+        start = page * limit
+        return {
+            "total": len(self.hub.clients),
+            "matched": len(clients),
+            "page": page,
+            "limit": limit,
+            "items": [self.connection_row(c) for c in clients[start : start + limit]],
+        }
+
+    async def rooms(self, q: str, page: int, limit: int) -> dict[str, Any]:
+        """One page of this node's rooms with their cluster-wide member counts."""
+        names = sorted(r for r in self.hub.rooms if q.lower() in r.lower())
+        start = page * limit
+        items = []
+        for room in names[start : start + limit]:
+            try:
+                members: int | None = len(await self.broker.members(room))
+            except BrokerUnavailable:
+                members = None
+            items.append(
+                {
+                    "name": room,
+                    "members": members,
+                    "local": len(self.hub.rooms.get(room, ())),
+                    "rate": round(self.room_rate(room), 2),
+                }
+            )
+        return {
+            "total": len(self.hub.rooms),
+            "matched": len(names),
+            "page": page,
+            "limit": limit,
+            "items": items,
+        }
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        try:
+            return await self.broker.nodes()
+        except BrokerUnavailable:
+            return [{"id": self.node_id, **self.node_info(), "ready": False}]
