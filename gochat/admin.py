@@ -27,7 +27,7 @@ from aiohttp import WSMsgType, web
 from .assets import asset_dir
 from .console import SEND_INTERVAL, Console, Viewer
 from .console_auth import COOKIE_NAME, Session
-from .events import KINDS, EventFilter
+from .events import KINDS, EventFilter, loggable
 from .keys import BROKER, CONSOLE, HUB, METRICS, SETTINGS, TAP
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import ProtocolError
@@ -121,7 +121,7 @@ def authenticate(request: web.Request) -> Operator | None:
         if scheme.lower() == "bearer" and console.auth.check_token(credential.strip()):
             return Operator(addr, None)
         console.auth.throttle.fail(ip, now)
-        log.warning("console: wrong bearer token from %s", ip)
+        log.warning("console: wrong bearer token from %s", loggable(ip))
         return None
     session = console.auth.verify(request.cookies.get(COOKIE_NAME), now)
     return Operator(addr, session) if session is not None else None
@@ -183,11 +183,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     token = (await request.post()).get("token")
     if not isinstance(token, str) or not console.auth.check_token(token.strip()):
         console.auth.throttle.fail(ip, now)
-        log.warning("console: failed login from %s", ip)
+        log.warning("console: failed login from %s", loggable(ip))
         return render_login(request, "", "That token is not right.", 401)
     console.auth.throttle.succeed(ip)
     cookie, session = console.auth.issue(now)
-    log.info("console: login from %s", ip)
+    log.info("console: login from %s", loggable(ip))
     response = web.HTTPSeeOther("/admin/")
     response.set_cookie(
         COOKIE_NAME,

@@ -89,7 +89,10 @@ def create_app(
     """One application: /ws, /healthz, /readyz, the browser client at /, the console at
     /admin and /metrics."""
     settings = settings if settings is not None else Settings.from_env()
-    app = web.Application()
+    # aiohttp arms its keep-alive timer when a connection is made and does not reset it on
+    # partial data, so a peer that never completes its request (slowloris) is dropped
+    # after this long; it is also the idle limit between keep-alive requests.
+    app = web.Application(handler_args={"keepalive_timeout": settings.handshake_timeout or 75.0})
     app[SETTINGS] = settings
     tap = app[TAP] = EventTap(settings.node_id)
     broker = app[BROKER] = broker if broker is not None else create_broker(settings)

@@ -101,8 +101,27 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "shutdown_grace",
         "GOCHAT_SHUTDOWN_GRACE",
-        "seconds given to clients to close on shutdown",
+        "seconds the whole shutdown may take (keep it below the PaaS's kill timeout)",
         "--shutdown-grace",
+    ),
+    Option(
+        "shutdown_batch",
+        "GOCHAT_SHUTDOWN_BATCH",
+        "clients closed with 1001 at a time on shutdown (batches spread over half the grace)",
+        "--shutdown-batch",
+    ),
+    Option(
+        "handshake_timeout",
+        "GOCHAT_HANDSHAKE_TIMEOUT",
+        "seconds for a TCP connection to send its HTTP request, and for a new WebSocket to "
+        "send its first frame (close 1008); also the keep-alive idle timeout; 0 = off",
+        "--handshake-timeout",
+    ),
+    Option(
+        "write_timeout",
+        "GOCHAT_WRITE_TIMEOUT",
+        "seconds a connection's unsent bytes may stay unsent before close 1013; 0 = off",
+        "--write-timeout",
     ),
     Option("log_level", "GOCHAT_LOG_LEVEL", "logging level", "--log-level"),
 )
@@ -133,6 +152,9 @@ class Settings(BaseModel):
     trust_proxy: bool = False
     max_connections: int = Field(0, ge=0)
     shutdown_grace: float = Field(5, ge=0)
+    shutdown_batch: int = Field(500, ge=1)
+    handshake_timeout: float = Field(10, ge=0)
+    write_timeout: float = Field(30, ge=0)
     log_level: str = "INFO"
 
     @field_validator("allowed_origins", mode="before")

@@ -34,7 +34,7 @@ from .brokers.base import Broker, BrokerUnavailable
 from .client import Client
 from .config import Settings
 from .console_auth import ConsoleAuth
-from .events import Event, EventFilter, EventTap, Feed
+from .events import Event, EventFilter, EventTap, Feed, loggable
 from .hub import Hub
 from .protocol import CloseCode, ErrorCode, ProtocolError, check_room
 
@@ -206,7 +206,13 @@ class Console:
     # --- actions -------------------------------------------------------------------------
 
     def _kick_local(self, client: Client, reason: str, by: str) -> None:
-        log.warning("console %s kicked %s (%s): %s", by, client.id, client.user_id, reason)
+        log.warning(
+            "console %s kicked %s (%s): %s",
+            loggable(by),
+            client.id,
+            loggable(client.user_id),
+            loggable(reason),
+        )
         self.tap.emit(
             "KICK", by, client.id, client.user_id, reason, conn=client.id, user=client.user_id
         )
@@ -250,7 +256,9 @@ class Console:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, str(exc) or "broker down", "notice"
             ) from None
-        log.warning("console %s sent a notice to %s: %r", by, room, text[:200])
+        log.warning(
+            "console %s sent a notice to %s: %s", loggable(by), loggable(room), loggable(text)
+        )
         self.tap.emit(
             "NOTICE",
             by,

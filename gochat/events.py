@@ -109,6 +109,16 @@ def quote(value: str, limit: int = MAX_ARG) -> str:
     return '"' + "".join(out) + ('..."' if cut else '"')
 
 
+LOG_ARG = 200  # user data in a log line is cut to this many characters
+
+
+def loggable(value: object, limit: int = LOG_ARG) -> str:
+    """User data (names, rooms, reasons, addresses) for a log line: quoted and escaped like
+    the event stream, so it can never start a line of its own, move the cursor or flip the
+    text direction, and cut to `limit` characters."""
+    return quote(str(value), limit)
+
+
 Sink = Callable[[Event], None]
 
 

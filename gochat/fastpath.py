@@ -39,13 +39,31 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class Outbox:
-    """Collects the frames of one event-loop tick and writes them once per client."""
+    """Collects the frames of one event-loop tick and writes them once per client.
 
-    def __init__(self, limit_bytes: int, on_overflow: Callable[[Client], None]) -> None:
+    Two rules close a connection with 1013 (through the callbacks): more than `limit_bytes`
+    unsent (checked at every write), and a backlog that has not drained to zero for
+    `write_timeout` seconds (a peer that reads a trickle, or not at all, pins its buffer
+    long before it reaches the byte limit). The second needs no task per connection: the
+    first write that leaves bytes unsent records the time, any later observation of an
+    empty buffer forgets it, and one timer sweeps only the backlogged connections.
+    """
+
+    def __init__(
+        self,
+        limit_bytes: int,
+        on_overflow: Callable[[Client], None],
+        write_timeout: float = 0.0,
+        on_stuck: Callable[[Client], None] | None = None,
+    ) -> None:
         self.limit_bytes = limit_bytes
         self._on_overflow = on_overflow
+        self.write_timeout = write_timeout if on_stuck is not None else 0.0
+        self._on_stuck = on_stuck
         self._dirty: list[Client] = []
         self._scheduled = False
+        self._backlog: dict[Client, float] = {}  # client -> loop time its backlog began
+        self._sweeper: asyncio.TimerHandle | None = None
         self.writes = 0  # transport.write calls, for the console and the benchmarks
         self.frames = 0
 
@@ -66,6 +84,7 @@ class Outbox:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         limit = self.limit_bytes
+        backlog = self._backlog
         for client in dirty:
             frames, client.pending = client.pending, []
             transport = client.transport
@@ -75,5 +94,52 @@ class Outbox:
             self.writes += 1
             self.frames += len(frames)
             client.msgs_out += len(frames)
-            if transport.get_write_buffer_size() > limit:
-                self._on_overflow(client)
+            unsent = transport.get_write_buffer_size()
+            if unsent:
+                if unsent > limit:
+                    self._on_overflow(client)
+                elif self.write_timeout and client not in backlog:
+                    self._note_backlog(client)
+            elif backlog:
+                backlog.pop(client, None)
+
+    def _note_backlog(self, client: Client) -> None:
+        loop = asyncio.get_running_loop()
+        self._backlog[client] = loop.time()
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
+
+    def _sweep_interval(self) -> float:
+        return min(1.0, self.write_timeout / 4)
+
+    def _sweep(self) -> None:
+        """Close the connections whose backlog is older than `write_timeout`."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stuck = []
+        for client, since in list(self._backlog.items()):
+            transport = client.transport
+            if client.closed or transport is None or transport.is_closing():
+                del self._backlog[client]
+            elif not transport.get_write_buffer_size():
+                del self._backlog[client]
+            elif now - since >= self.write_timeout:
+                del self._backlog[client]
+                stuck.append(client)
+        for client in stuck:
+            if self._on_stuck is not None:
+                self._on_stuck(client)
+        if self._backlog:
+            self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
+
+    def backlogged(self) -> int:
+        """Connections with unsent bytes being timed (for tests and the console)."""
+        return len(self._backlog)
+
+    def stop(self) -> None:
+        """Stop the sweeps (shutdown)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._backlog.clear()

@@ -27,7 +27,7 @@ from .brokers.base import (
 )
 from .client import Client
 from .config import Settings
-from .events import EventTap
+from .events import EventTap, loggable
 from .fastpath import Outbox, text_frame
 from .protocol import CloseCode, ErrorCode, ProtocolError, check_room
 
@@ -53,7 +53,9 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seq = 0
         self.per_ip: Counter[str] = Counter()
-        self.outbox = Outbox(settings.send_buffer_bytes, self._overflow)
+        self.outbox = Outbox(
+            settings.send_buffer_bytes, self._overflow, settings.write_timeout, self._stuck
+        )
         self.counters: Counter[str] = Counter()
         self.room_msgs: Counter[str] = Counter()  # chat messages delivered per local room
         # metrics: called with each chat message's wire JSON once it is handed to members
@@ -146,6 +148,24 @@ class Hub:
             user=client.user_id,
         )
         self.drop(client, CloseCode.TRY_AGAIN, "slow consumer")
+
+    def _stuck(self, client: Client) -> None:
+        self.counters["write_timeout"] += 1
+        log.info(
+            "%s write timeout: %d bytes unsent for %gs",
+            client.id,
+            client.buffered_bytes(),
+            self.settings.write_timeout,
+        )
+        self.tap.emit(
+            "ERROR",
+            client.remote,
+            "write_timeout",
+            "closed 1013",
+            conn=client.id,
+            user=client.user_id,
+        )
+        self.drop(client, CloseCode.TRY_AGAIN, "write timeout")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a coroutine the Hub keeps and awaits on shutdown (nothing fire-and-forget)."""
@@ -262,7 +282,9 @@ class Hub:
             await self.broker.presence_remove(room, client.id, client.user_id, client.name)
         except BrokerUnavailable:
             # the broker drops this node's stale entries when it reconnects
-            log.warning("%s presence not removed from %s: broker unavailable", client.id, room)
+            log.warning(
+                "%s presence not removed from %s: broker unavailable", client.id, loggable(room)
+            )
 
     async def _unsubscribe_if_empty(self, room: str) -> None:
         async with self._sub_lock:
@@ -372,18 +394,33 @@ class Hub:
 
     # --- shutdown ------------------------------------------------------------------------
 
-    async def shutdown(self, batch: int = 500) -> None:
-        """Close every client with 1001 (in batches, so clients do not reconnect all at
-        once) and wait, within the grace period, for every task the Hub started."""
+    async def shutdown(self) -> None:
+        """Close every client with 1001 and wait for every task the Hub started, all within
+        GOCHAT_SHUTDOWN_GRACE.
+
+        Clients go in batches of GOCHAT_SHUTDOWN_BATCH spread over the first half of the
+        grace period (at most 1 s apart), so the clients of a big node do not all reconnect
+        in the same instant; whatever was queued for a client is written before its close.
+        """
         self.closing = True
+        loop = asyncio.get_running_loop()
         grace = self.settings.shutdown_grace
+        deadline = loop.time() + grace
+        size = self.settings.shutdown_batch
         clients = list(self.clients.values())
-        for i in range(0, len(clients), batch):
-            for client in clients[i : i + batch]:
+        batches = [clients[i : i + size] for i in range(0, len(clients), size)]
+        gap = min(1.0, grace / 2 / (len(batches) - 1)) if len(batches) > 1 else 0.0
+        for n, batch in enumerate(batches):
+            if n:
+                await asyncio.sleep(gap)
+            self.outbox.flush()
+            for client in batch:
                 self.drop(client, CloseCode.GOING_AWAY, "server shutting down")
-            await asyncio.sleep(0)  # let this batch's close frames go out first
+        self.outbox.flush()
+        self.outbox.stop()
         if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks), timeout=grace + 1)
+            timeout = max(0.1, deadline - loop.time())
+            done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:

@@ -108,9 +108,16 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     client = Client(hub.next_conn_id(), user_id, name, remote, ws, transport, allowed_rooms)
     hub.connect(client)
+    loop = asyncio.get_running_loop()
+    first_frame: asyncio.TimerHandle | None = None
+    if settings.handshake_timeout:
+        # A socket that never says anything holds a slot (and, with a per-IP cap, its
+        # owner's quota) for free: every real client sends `join` right after `welcome`.
+        first_frame = loop.call_later(
+            settings.handshake_timeout, close_if_silent, hub, client, settings.handshake_timeout
+        )
     expiry: asyncio.TimerHandle | None = None
     if expires is not None:
-        loop = asyncio.get_running_loop()
         expiry = loop.call_at(
             loop.time() + max(0.0, expires - time.time()),
             hub.drop,
@@ -126,8 +133,9 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         log.exception("%s unexpected error", client.id)
         await close(hub, client, ws, CloseCode.INTERNAL, "internal error")
     finally:
-        if expiry is not None:
-            expiry.cancel()
+        for timer in (first_frame, expiry):
+            if timer is not None:
+                timer.cancel()
         if not ws.closed:
             # The peer vanished without a close frame. Closing here also cancels aiohttp's
             # heartbeat timer, which would otherwise keep this connection's buffers alive
@@ -142,10 +150,14 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
             # closes, never aborts) would pin the unsent bytes forever: give the close
             # frame a grace period, then abort. (Only then: the timer keeps the
             # connection's buffers alive until it fires.)
-            asyncio.get_running_loop().call_later(
-                max(settings.shutdown_grace, 1.0), abort_if_stuck, transport
-            )
+            loop.call_later(max(settings.shutdown_grace, 1.0), abort_if_stuck, transport)
     return ws
+
+
+def close_if_silent(hub: Hub, client: Client, timeout: float) -> None:
+    """Close 1008 a connection that sent no message within its first `timeout` seconds."""
+    if client.msgs_in == 0:
+        hub.drop(client, CloseCode.POLICY, f"no frame within {timeout:g}s")
 
 
 def abort_if_stuck(transport: asyncio.Transport) -> None:

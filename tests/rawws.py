@@ -12,17 +12,25 @@ import struct
 class RawWS:
     """Blocking socket client: handshake, masked text frames, frame reading."""
 
-    def __init__(self, host: str, port: int, path: str, rcvbuf: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        rcvbuf: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect, so the advertised window stays small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(10)
         self.sock.connect((host, port))
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock.sendall(
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n".encode()
         )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
@@ -32,6 +40,7 @@ class RawWS:
             self.buf += chunk
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         self.status = int(head.split(b" ", 2)[1])
+        self.head = head.decode("latin-1")  # status line and response headers
 
     def send_frame(self, payload: bytes, opcode: int = 0x1) -> None:
         mask = os.urandom(4)
