@@ -258,14 +258,16 @@ async def test_trickle_reader_closed_1013_by_write_timeout(make_chat: MakeChat) 
 
     reader = loop.run_in_executor(None, trickle)
     count = 100  # ~200 KB
-    for i in range(count):
-        await fast.send_json({"type": "chat", "room": "lobby", "text": f"{i} " + "t" * 2000})
-    await until(lambda: transport.get_write_buffer_size() > 0, what="a backlog")
-    backlog_seen = loop.time()
-    await until(lambda: hub.counters["write_timeout"] == 1, timeout=write_timeout + 3)
-    elapsed = loop.time() - backlog_seen
-    stop.set()
-    await reader
+    try:
+        for i in range(count):
+            await fast.send_json({"type": "chat", "room": "lobby", "text": f"{i} " + "t" * 2000})
+        await until(lambda: transport.get_write_buffer_size() > 0, what="a backlog")
+        backlog_seen = loop.time()
+        await until(lambda: hub.counters["write_timeout"] == 1, timeout=write_timeout + 3)
+        elapsed = loop.time() - backlog_seen
+    finally:
+        stop.set()
+        await reader
     code, _ = await asyncio.to_thread(slow.read_until_close)
     slow.close()
     assert code == 1013
