@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, BrowserContext, Locator, Page, WebSocket, expect
 
+from gochat.auth import mint
+
 from .browser import LiveServer, chromium, serve
 from .util import join, recv_type, until
 
@@ -309,3 +311,50 @@ async def test_phone_and_desktop_layout(open_page: OpenPage) -> None:
 
     await desktop.screenshot(path=OUTPUT / "browser-desktop.png")
     await phone.screenshot(path=OUTPUT / "browser-phone.png")
+
+
+SECRET = "browser-test-secret-0123456789abcdef"
+
+
+async def test_token_from_the_address_bar(browser: Browser) -> None:
+    """With client auth on, `/?token=` signs the page in as the token's user; a bad token
+    stops on a refusal notice after one attempt (and one HTTP check), with no retry loop."""
+    async with serve(auth_secret=SECRET) as live:
+        context = await browser.new_context()
+        try:
+            good = await context.new_page()
+            await good.goto(f"{live.url}/?token={mint(SECRET, 'u-42', 'Zoë')}#lobby")
+            await ready(good)
+            identity = good.get_by_test_id("identity")
+            await expect(identity.locator("strong")).to_have_text("Zoë")
+            await expect(identity).to_have_attribute("title", "userId u-42")
+            await say(good, "signed in by token")
+
+            sockets: list[WebSocket] = []
+            probes: list[int] = []
+            bad = await context.new_page()
+            bad.on("websocket", lambda ws: sockets.append(ws))
+            bad.on(
+                "response",
+                lambda r: probes.append(r.status) if "/ws?" in r.url else None,
+            )
+            forged = mint("some-other-secret-0123456789abcdef", "u-42", "Zoë")
+            await bad.goto(f"{live.url}/?token={forged}#lobby")
+            status = bad.get_by_test_id("status")
+            await expect(status).to_have_attribute("data-state", "stopped")
+            await expect(bad.get_by_test_id("notice-text")).to_contain_text("check the token")
+            reconnect = bad.get_by_role("button", name="Reconnect", exact=True)
+            await expect(reconnect).to_be_visible()
+
+            async def still_stopped() -> bool:
+                return (
+                    await status.get_attribute("data-state") == "stopped"
+                    and len(sockets) == 1
+                    and probes == [401]
+                )
+
+            # the first automatic retry would come within 0.5 s: nothing may happen in 1.5 s
+            await holds(still_stopped, 1.5, "one socket, one 401 check, no retries")
+            assert [c.user_id for c in live.hub.clients.values()] == ["u-42"]
+        finally:
+            await context.close()

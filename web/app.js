@@ -467,10 +467,7 @@
         if (!wasWelcomed) {
           // Refused before `welcome`: a bad or expired token. The same URL would be refused
           // again, so retrying on a timer would only loop; let the user decide.
-          stop(
-            `The server refused the connection${state.token ? ' (check the token)' : ''}` +
-              `${reason ? `: ${reason}` : '.'}`,
-          );
+          refused(reason);
           return;
         }
         showNotice(
@@ -495,10 +492,39 @@
         );
         break;
       default:
-        // 1006 and friends: network loss, refused upgrade (403 origin, 429 per-IP limit), ...
+        // 1006 and friends: network loss, refused upgrade (401 token, 403 origin, 429 per-IP
+        // limit, 503 full or restarting), ...
+        if (!wasWelcomed && state.token) {
+          // A page never sees the status of a refused upgrade. With a token, ask once over
+          // plain HTTP: a 401 means this token will be refused on every retry.
+          tokenRefused().then((isRefused) => {
+            if (state.ws !== null || state.conn === 'stopped') return; // superseded
+            if (isRefused) refused('');
+            else scheduleReconnect();
+          });
+          return;
+        }
         break;
     }
     scheduleReconnect();
+  }
+
+  function refused(reason) {
+    stop(
+      `The server refused the connection${state.token ? ' (check the token)' : ''}` +
+        `${reason ? `: ${reason}` : '.'}`,
+    );
+  }
+
+  /** True when /ws answers 401 to this page's token (a GET without the upgrade). */
+  async function tokenRefused() {
+    try {
+      const url = wsUrl().replace(/^ws/, 'http');
+      const resp = await fetch(url, { cache: 'no-store', credentials: 'omit' });
+      return resp.status === 401;
+    } catch {
+      return false;
+    }
   }
 
   /** Sends a frame on the current socket; false when there is no open socket. */
