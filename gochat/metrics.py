@@ -81,8 +81,13 @@ class HubCollector(Collector):
         yield errors
         yield CounterMetricFamily(
             "gochat_slow_consumer_closes",
-            "Connections closed with 1013 because they could not keep up",
+            "Connections closed with 1013 because their unsent bytes passed the limit",
             value=counters["slow_consumer"],
+        )
+        yield CounterMetricFamily(
+            "gochat_write_timeout_closes",
+            "Connections closed with 1013 because their backlog did not drain in time",
+            value=counters["write_timeout"],
         )
         yield CounterMetricFamily(
             "gochat_broker_reconnects",
