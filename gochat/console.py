@@ -36,7 +36,7 @@ from .config import Settings
 from .console_auth import ConsoleAuth
 from .events import Event, EventFilter, EventTap, Feed, loggable
 from .hub import Hub
-from .protocol import CloseCode, ErrorCode, ProtocolError, check_room
+from .protocol import CloseCode, ErrorCode, ProtocolError, check_room, has_bad_chars
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,8 @@ class Console:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: empty", "notice")
         if len(text) > self.settings.max_text:
             raise ProtocolError(ErrorCode.TOO_LONG, "text too long", "notice")
+        if has_bad_chars(text):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: invalid characters", "notice")
         fields: dict[str, Any] = {
             "room": room,
             "userId": SYSTEM_USER,

@@ -107,15 +107,24 @@ def _depth(value: Any, limit: int) -> bool:
     return True
 
 
+# Never stored or re-sent: NUL and the other C0 controls but tab and newline, DEL, the C1
+# controls (terminal escapes in someone's log viewer or CLI client), and the bidi
+# embeddings, overrides and isolates (text that displays in another order than it reads,
+# "Trojan Source"). Marks that RTL text and emoji need (LRM, RLM, ZWJ, ZWNJ) stay.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def has_bad_chars(text: str) -> bool:
-    """Lone surrogates (not UTF-8) or NUL, which we never store or re-send."""
+    """Lone surrogates (not UTF-8), NUL, control characters or bidi overrides."""
+    if _UNSAFE.search(text) is not None:
+        return True
     if text.isascii():
-        return "\x00" in text
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return True
-    return "\x00" in text
+    return False
 
 
 def decode(raw: str) -> Join | Leave | Chat:

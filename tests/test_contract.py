@@ -57,6 +57,8 @@ async def error_for(ws: Any, payload: Any) -> dict[str, Any]:
         ({"type": "chat", "room": "lobby"}, "bad_message", "chat"),
         ({"type": "chat", "room": "lobby", "text": 5, "cid": "k1"}, "bad_message", "k1"),
         ({"type": "chat", "room": "lobby", "text": "   "}, "bad_message", "chat"),
+        ({"type": "chat", "room": "lobby", "text": "\x1b[2J", "cid": "e1"}, "bad_message", "e1"),
+        ({"type": "chat", "room": "lobby", "text": "\u202egnp.exe"}, "bad_message", "chat"),
         ({"type": "join", "room": {"a": {"b": {"c": {"d": 1}}}}}, "bad_message", "join"),
         ({"type": "zap"}, "unknown_type", None),
         ({"room": "lobby"}, "unknown_type", None),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import aiohttp
@@ -51,18 +52,26 @@ raw_frames = st.one_of(
             '{"type":"join","room":"lobby","room":"x"}',
             "[" * 5000 + "]" * 5000,
             '{"type":"chat","room":"lobby","text":"\\u202egnp.exe"}',
+            '{"type":"chat","room":"lobby","text":"\\u001b[2Jcleared","cid":"\\u2066"}',
+            '{"type":"chat","room":"lobby","text":"two\\r\\nlines\\u0085"}',
+            '{"type":"chat","room":"lobby","text":"\\u05e9\\u05dc\\u05d5\\u05dd\\u200f ok"}',
         ]
     ),
 )
 
 
+# control characters but tab and newline, and the bidi embeddings, overrides and isolates
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def _valid_output(value: Any) -> None:
-    """What the server re-sends must be strict JSON and valid UTF-8."""
+    """What the server re-sends must be strict JSON, valid UTF-8, and free of NUL, control
+    characters (terminal escapes) and bidi overrides."""
     if isinstance(value, float):
         assert math.isfinite(value)
     elif isinstance(value, str):
         value.encode("utf-8")
-        assert "\x00" not in value
+        assert UNSAFE.search(value) is None, ascii(value)
     elif isinstance(value, dict):
         for v in value.values():
             _valid_output(v)

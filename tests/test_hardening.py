@@ -384,8 +384,13 @@ async def test_user_data_in_log_lines_is_escaped_and_cut(
     conn = server_client(chat, "victim").id
     kicked = await chat.post("/admin/api/kick", json={"conn": conn, "reason": EVIL}, headers=BEARER)
     assert kicked.status == 200
-    notice = await chat.post(
+    # a notice is chat text: control and bidi characters are refused, long text is cut
+    refused = await chat.post(
         "/admin/api/notice", json={"room": "lobby", "text": EVIL}, headers=BEARER
+    )
+    assert refused.status == 400 and (await refused.json())["error"] == "bad_message"
+    notice = await chat.post(
+        "/admin/api/notice", json={"room": "lobby", "text": "y" * 1000}, headers=BEARER
     )
     assert notice.status == 200
     # an address from X-Forwarded-For (trusted here) with a direction override in it
