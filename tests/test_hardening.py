@@ -24,7 +24,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 import gochat.app
+from gochat.__main__ import main as cli
 from gochat.assets import asset_dir
+from gochat.auth import verify
+from gochat.config import OPTIONS
 from gochat.events import LOG_ARG
 from gochat.keys import HUB
 
@@ -367,6 +370,40 @@ async def test_security_headers(make_chat: MakeChat, path: str) -> None:
     assert resp.headers["X-Frame-Options"] == "DENY"
 
 
+async def test_console_login_refuses_cross_origin_posts(make_chat: MakeChat) -> None:
+    chat = await make_chat(admin_token=TOKEN)
+    cross = await chat.post(
+        "/admin/login",
+        data={"token": TOKEN},
+        headers={"Origin": "http://evil.example"},
+        allow_redirects=False,
+    )
+    assert cross.status == 403 and "gochat_admin" not in cross.cookies
+    own = str(chat.make_url("")).rstrip("/")
+    ok = await chat.post(
+        "/admin/login", data={"token": TOKEN}, headers={"Origin": own}, allow_redirects=False
+    )
+    assert ok.status == 303
+
+
+# --- client tokens -------------------------------------------------------------------------
+
+
+def test_gochat_token_mints_a_token_the_server_accepts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "cli-secret-0123456789abcdef0123456789"
+    monkeypatch.setenv("GOCHAT_AUTH_SECRET", secret)
+    cli(["token", "u-7", "--name", "Ada", "--rooms", "lobby,ops", "--ttl", "60"])
+    ident = verify(capsys.readouterr().out.strip(), secret)
+    assert (ident.user_id, ident.name, ident.rooms) == ("u-7", "Ada", frozenset({"lobby", "ops"}))
+    assert 50 < ident.expires - time.time() <= 60
+    monkeypatch.delenv("GOCHAT_AUTH_SECRET")
+    with pytest.raises(SystemExit) as exited:
+        cli(["token", "u-7"])
+    assert exited.value.code == 2
+
+
 # --- log injection -------------------------------------------------------------------------
 
 EVIL = "x\r\n2030-01-01 INFO gochat.admin: console: login from 10.0.0.1\x1b[2J\u202eexe.txt" + (
@@ -470,3 +507,27 @@ def test_reliability_doc_names_only_existing_tests() -> None:
         path, name = node.split("::")
         source = (root / path).read_text()
         assert f"def {name}(" in source, node
+
+
+def test_every_setting_is_in_the_readme_and_the_limits_are_in_reliability_md() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    reliability = (root / "docs" / "reliability.md").read_text()
+    for opt in OPTIONS:
+        assert f"`{opt.env}`" in readme, opt.env
+    for env in (
+        "GOCHAT_MAX_FRAME",
+        "GOCHAT_MAX_TEXT",
+        "GOCHAT_MAX_ROOMS",
+        "GOCHAT_RATE",
+        "GOCHAT_MAX_CONN_PER_IP",
+        "GOCHAT_TRUST_PROXY",
+        "GOCHAT_MAX_CONNECTIONS",
+        "GOCHAT_HANDSHAKE_TIMEOUT",
+        "GOCHAT_SEND_BUFFER",
+        "GOCHAT_WRITE_TIMEOUT",
+        "GOCHAT_HEARTBEAT",
+        "GOCHAT_SHUTDOWN_GRACE",
+        "GOCHAT_SHUTDOWN_BATCH",
+    ):
+        assert f"| `{env}` |" in reliability, env
