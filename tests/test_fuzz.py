@@ -80,7 +80,7 @@ def _valid_output(value: Any) -> None:
             _valid_output(v)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw_frames)
 def test_decoder_refuses_with_contract_codes_only(raw: str) -> None:
     try:
