@@ -223,7 +223,8 @@ def _skip_to_close(raw: RawWS) -> tuple[int, bytes]:
 
 
 async def test_slow_consumer_closed_1013_others_unaffected(make_chat: MakeChat) -> None:
-    chat = await make_chat(send_buffer=4)  # 16 KiB of unsent bytes
+    # 256 KiB of unsent bytes: a fast reader sharing this busy event loop never lags that far
+    chat = await make_chat(send_buffer=64, max_text=10_000)
     hub = chat.app[HUB]
     port = chat.port or 0
     # a reader with a 4 KiB receive buffer that joins and then never reads
@@ -234,8 +235,8 @@ async def test_slow_consumer_closed_1013_others_unaffected(make_chat: MakeChat) 
     await join(fast, "lobby")
     sender, _ = await connect(chat, "sender")
     await join(sender, "lobby")
-    text = "y" * 4000
-    count = 1500  # ~6 MB: more than the kernel buffers (tcp_wmem max 4 MiB) hold
+    text = "y" * 8000
+    count = 1500  # ~12 MB: far more than the kernel buffers (tcp_wmem max 4 MiB) hold
     received = 0
 
     async def read_fast() -> None:
@@ -246,10 +247,16 @@ async def test_slow_consumer_closed_1013_others_unaffected(make_chat: MakeChat) 
                 assert frame["text"] == text + str(received)
                 received += 1
 
+    async def drain_sender() -> None:  # the sender is a member too: it must keep up
+        while True:
+            await sender.receive()
+
     reader = asyncio.create_task(read_fast())
+    drainer = asyncio.create_task(drain_sender())
     for i in range(count):
         await sender.send_json({"type": "chat", "room": "lobby", "text": text + str(i)})
     await asyncio.wait_for(reader, timeout=30)
+    drainer.cancel()
     assert received == count
     assert hub.counters["slow_consumer"] == 1
     code, _ = await asyncio.to_thread(slow.read_until_close)
