@@ -59,6 +59,23 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 FAILURES: tuple[type[BaseException], ...] = (RedisError, *UNREACHABLE)
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait for them, cancelling again any that is still running.
+
+    One cancel is not always enough: a cancel that lands while redis-py finishes a pipeline
+    can be lost (the task stays "cancelling" and goes back to waiting for work), and a
+    single cancel-then-gather then waits forever, so the node never stops.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("redis task %s failed", task.get_name(), exc_info=task.exception())
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"redis unreachable: {text[:160]}"
@@ -155,9 +172,7 @@ class RedisBroker(Broker):
 
     async def stop(self) -> None:
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel_all(self._tasks)
         self._tasks = []
         await self._drop_subscriber()
         if self._redis is not None:
