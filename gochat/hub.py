@@ -59,7 +59,12 @@ class Hub:
         # metrics: called with each chat message's wire JSON once it is handed to members
         self.on_fanout: Callable[[bytes], None] | None = None
         self.closing = False
-        broker.bind(self.deliver, self._broker_state, presence_source=self.local_presence)
+        broker.bind(
+            self.deliver,
+            self._broker_state,
+            presence_source=self.local_presence,
+            on_transition=self._presence_transition,
+        )
 
     # --- connections ---------------------------------------------------------------------
 
@@ -344,15 +349,28 @@ class Hub:
             self.room_msgs[room] += 1
             if self.on_fanout is not None:
                 self.on_fanout(wire)
-        elif self.tap.active:
-            self.tap.emit(
-                "PRESENCE",
-                self.node_id,
-                self.settings.key_prefix + "room:" + room,
-                wire.decode(errors="replace"),
-                room=room,
-                user=key.decode(errors="replace"),
-            )
+
+    def _presence_transition(self, room: str, envelope: bytes) -> None:
+        """Broker callback: a presence transition this node made, for the console.
+
+        Reported by the node whose request made it rather than by every node that delivers
+        it, so a cluster console shows one line per transition. That node may not receive
+        the room at all (its last member there just left, or it reaped another node's).
+        """
+        if not self.tap.active:
+            return
+        try:
+            _, key, wire = split_envelope(envelope)
+        except ValueError:
+            return
+        self.tap.emit(
+            "PRESENCE",
+            self.node_id,
+            self.settings.key_prefix + "room:" + room,
+            wire.decode(errors="replace"),
+            room=room,
+            user=key.decode(errors="replace"),
+        )
 
     def local_presence(self) -> Iterator[tuple[str, str, str, str]]:
         """(room, conn id, userId, name) of every local membership, for re-registration."""

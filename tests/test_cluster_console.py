@@ -269,3 +269,63 @@ async def test_console_sees_its_own_node_while_redis_is_down(
     events = await events_until(ws, has_kind("DISCONNECT", user="ann"))
     assert [e["kind"] for e in events] == ["DISCONNECT"]  # once: not again through Redis
     await ws.close()
+
+
+async def test_presence_is_one_line_per_transition_cluster_wide(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    n1, n2, n3 = await cluster(make_chat, redis_server, "n1", "n2", "n3")
+    ws = await watch(n1, n2, n3)
+    a, _ = await connect(n1, "ann")
+    b, _ = await connect(n2, "ben")
+    await join(a, "lobby")
+    await join(b, "lobby")  # two nodes now deliver the room's presence
+    assert (await recv(a))["userId"] == "ben"
+    c, _ = await connect(n3, "cat")
+    await join(c, "lobby")
+    for ws_ in (a, b):
+        assert (await recv_type(ws_, "presence"))["userId"] == "cat"
+    await c.close()
+    for ws_ in (a, b):
+        off = await recv_type(ws_, "presence")
+        assert off["userId"] == "cat" and off["status"] == "offline"
+    events = await barrier(ws, n3, "marker")
+    presence = [e for e in events if e["kind"] == "PRESENCE" and e["user"] == "cat"]
+    assert [json.loads(e["args"][1])["status"] for e in presence] == ["online", "offline"]
+    assert {e["node"] for e in presence} == {"n3"}  # the node whose script made the change
+    for ws_ in (a, b, ws):
+        await ws_.close()
+
+
+async def test_a_reaped_nodes_offline_is_one_line_from_the_reaper(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    # n3 has nobody in the room, so it may reap without receiving the room at all
+    n1, n2, n3 = await cluster(make_chat, redis_server, "n1", "n2", "n3", presence_ttl=1.2)
+    ws = await watch(n1, n2, n3)
+    a, _ = await connect(n1, "ann")
+    b, _ = await connect(n2, "ben")
+    await join(a, "lobby")
+    await join(b, "lobby")
+    await recv_type(a, "presence")
+    # a node that crashed: its member is registered, its heartbeat is gone
+    broker = n1.app[BROKER]
+    await broker._scripts["add"](args=["gochat:", "ghost", "lobby", "ghost/1", "dan", "dan"])
+    assert broker._redis is not None
+    await broker._redis.sadd("gochat:nodes", "ghost")
+    for ws_ in (a, b):
+        assert (await recv_type(ws_, "presence"))["status"] == "online"
+    for ws_ in (a, b):
+        off = await recv_type(ws_, "presence")
+        assert off["userId"] == "dan" and off["status"] == "offline"
+    events: list[dict[str, Any]] = []
+    for app, name in ((n1, "m1"), (n2, "m2"), (n3, "m3")):  # whoever reaped has published
+        events += await barrier(ws, app, name)
+    offline = [
+        e
+        for e in events
+        if e["kind"] == "PRESENCE" and e["user"] == "dan" and '"offline"' in e["args"][1]
+    ]
+    assert len(offline) == 1, offline
+    for ws_ in (a, b, ws):
+        await ws_.close()

@@ -331,7 +331,8 @@ class RedisBroker(Broker):
                 if await self._heartbeat():
                     log.warning("this node had been reaped; registering its presence again")
                     self._presence_dirty = True
-                dead = await self._scripts["reap"](args=[self.prefix, self.node_id])
+                dead, published = await self._scripts["reap"](args=[self.prefix, self.node_id])
+                self._report(published)
                 for node in dead:
                     log.warning("node %s stopped without leaving: its members are offline", node)
                 if self._presence_dirty:
@@ -359,7 +360,8 @@ class RedisBroker(Broker):
             args: list[Any] = [self.prefix, self.node_id]
             for (room, conn), (user, name) in self._local.items():
                 args += (room, conn, user, name)
-            removed, added = await self._scripts["sync"](args=args)
+            removed, added, published = await self._scripts["sync"](args=args)
+            self._report(published)
             if removed or added:
                 log.info("presence re-registered: %d removed, %d added", removed, added)
             if gen == self._presence_gen:
@@ -469,13 +471,14 @@ class RedisBroker(Broker):
         self._presence_gen += 1
         try:
             with self._unavailable_on_error("presence"):
-                await self._scripts["add"](
+                published = await self._scripts["add"](
                     args=[self.prefix, self.node_id, room, conn_id, user_id, name]
                 )
         except BrokerUnavailable:
             self._local.pop((room, conn_id), None)
             self._presence_dirty = True  # it may have been applied before the reply was lost
             raise
+        self._report(published)
 
     async def presence_remove(self, room: str, conn_id: str, user_id: str, name: str) -> None:
         # forgotten here at once: the next sync removes it from Redis if this call cannot
@@ -485,10 +488,18 @@ class RedisBroker(Broker):
         try:
             self._client_or_raise()
             with self._unavailable_on_error("presence"):
-                await self._scripts["remove"](args=[self.prefix, self.node_id, room, conn_id])
+                published = await self._scripts["remove"](
+                    args=[self.prefix, self.node_id, room, conn_id]
+                )
         except BrokerUnavailable:
             self._presence_dirty = True
             raise
+        self._report(published)
+
+    def _report(self, published: list[bytes]) -> None:
+        """Hand the transitions a presence script published to the Hub's console line."""
+        for i in range(0, len(published) - 1, 2):
+            self._transitioned(published[i].decode(errors="replace"), published[i + 1])
 
     async def members(self, room: str) -> list[Member]:
         r = self._client_or_raise()
