@@ -46,6 +46,7 @@ History = list[tuple[bytes, bytes]]
 """(id, wire JSON) of kept chat messages, oldest first."""
 
 CHAT_PREFIX = b'{"type":"chat","id":"'
+PRESENCE_PREFIX = b'{"type":"presence",'
 
 
 class BrokerUnavailable(Exception):
