@@ -132,11 +132,14 @@ class RedisBroker(Broker):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def _client(self) -> Redis:
+    def _client(self, role: str) -> Redis:
         # No retries inside redis-py: a failed command is reported (never silently re-run,
         # which could append a chat twice), and reconnection is the listener's job.
+        # Named `gochat:<node>:<role>`, so CLIENT LIST tells whose connection is whose.
+        name = re.sub(r"[^!-~]", "_", f"gochat:{self.node_id}:{role}")
         return Redis.from_url(
             self.url,
+            client_name=name,
             decode_responses=False,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=COMMAND_TIMEOUT,
@@ -146,8 +149,8 @@ class RedisBroker(Broker):
         )
 
     async def start(self) -> None:
-        self._redis = self._client()
-        self._sub_redis = self._client()
+        self._redis = self._client("cmd")
+        self._sub_redis = self._client("sub")
         for name, source in (
             ("publish", redis_lua.PUBLISH),
             ("add", redis_lua.PRESENCE_ADD),
