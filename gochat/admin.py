@@ -25,6 +25,7 @@ import jinja2
 from aiohttp import WSMsgType, web
 
 from .assets import asset_dir
+from .brokers.base import BrokerUnavailable
 from .console import SEND_INTERVAL, Console, Viewer
 from .console_auth import COOKIE_NAME, Session
 from .events import KINDS, EventFilter, loggable
@@ -294,6 +295,8 @@ async def kick(request: web.Request) -> web.Response:
         )
     except LookupError:
         return action_reply(from_form, 404, {"error": f"no connection {conn}"})
+    except BrokerUnavailable as exc:
+        return action_reply(from_form, 503, {"error": "unavailable", "message": str(exc)})
     return action_reply(from_form, 200 if status == "kicked" else 202, {"status": status})
 
 

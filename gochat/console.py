@@ -1,9 +1,10 @@
 """The console's state on one node: viewers of the event stream, the cluster events channel,
 operator actions (kick, notice) and the snapshot behind the live tables.
 
-Cluster events. Every node's tap gets one sink (`_share`) that publishes its events on the
-broker's events channel; `on_cluster_message` receives every node's events, its own included,
-and hands them to the local viewers only, never back to the tap, so nothing loops. The sink
+Cluster events. Every node's tap gets one sink (`_share`) that shows its events to the local
+viewers and publishes them on the broker's events channel; `on_cluster_message` receives every
+node's events, skips its own (already shown, and shown even while Redis is down) and hands
+the others to the local viewers only, never back to the tap, so nothing loops. The sink
 is attached only while some console in the cluster is watching (viewers announce themselves
 with a WATCH control message every few seconds), so a cluster nobody watches pays one
 attribute test per event. Control messages (WATCH, KICK_REQUEST, REVOKE) travel on the same
@@ -98,9 +99,16 @@ class Console:
     # --- cluster events channel ----------------------------------------------------------
 
     def _share(self, event: Event) -> None:
-        """Tap sink: put one local event on the cluster's events channel."""
+        """Tap sink: show one local event to this node's viewers and put it on the cluster's
+        events channel for the others'.
+
+        Local viewers get it here rather than back from the channel, so a console keeps
+        seeing its own node (BROKER_DOWN first of all) while Redis is unreachable.
+        """
         data = event.to_dict(line=False)  # receivers build the line; the channel carries less
         self.broker.publish_event(b"e" + json.dumps(data, separators=(",", ":")).encode())
+        if self.viewers:
+            self._show(data)
 
     def _control(self, ctl: str, **fields: Any) -> None:
         body = {"ctl": ctl, "from": self.node_id, **fields}
@@ -111,7 +119,9 @@ class Console:
         try:
             if data[:1] == b"e":
                 if self.viewers:
-                    self._show(json.loads(data[1:]))
+                    event = json.loads(data[1:])
+                    if event["node"] != self.node_id:  # our own were shown by _share
+                        self._show(event)
             elif data[:1] == b"c":
                 self._on_control(json.loads(data[1:]))
         except (ValueError, KeyError, TypeError):
@@ -147,7 +157,11 @@ class Console:
 
     def add_viewer(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
-        self._announce_watch(time.time())
+        now = time.time()
+        self._announce_watch(now)
+        # this node shares at once, without waiting for its WATCH to come back (it does not
+        # while Redis is unreachable)
+        self._on_control({"ctl": "WATCH", "ttl": WATCH_TTL})
 
     def remove_viewer(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
@@ -221,7 +235,8 @@ class Console:
     async def kick(self, conn_id: str, reason: str, by: str) -> str:
         """Close a connection with 4001 on whichever node holds it: "kicked" or "sent".
 
-        Raises LookupError when no such connection (or node) is known.
+        Raises LookupError when no such connection (or node) is known, BrokerUnavailable
+        when it would be on another node and the broker cannot carry the request now.
         """
         reason = clip_reason(reason.strip() or "kicked by an operator")
         client = self.hub.clients.get(conn_id)
@@ -229,6 +244,9 @@ class Console:
             self._kick_local(client, reason, by)
             return "kicked"
         node = conn_id.rpartition("/")[0]
+        if node != self.node_id and not self.broker.ready:
+            # the request could not travel; "not found" would be a wrong answer
+            raise BrokerUnavailable(self.broker.reason)
         if node == self.node_id or node not in {n.get("id") for n in await self.broker.nodes()}:
             raise LookupError(conn_id)
         self._control("KICK_REQUEST", conn=conn_id, reason=reason, by=by)

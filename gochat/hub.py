@@ -20,6 +20,7 @@ from .brokers.base import (
     CHAT,
     CHAT_PREFIX,
     PRESENCE,
+    PRESENCE_PREFIX,
     Broker,
     BrokerUnavailable,
     chat_suffix,
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # What a joining client may receive before its `joined`: (kind, key, frame)
 Buffered = tuple[int, bytes, bytes]
+
+# How the wire JSON of each envelope kind starts (see Hub.deliver)
+WIRE_PREFIX = {CHAT: CHAT_PREFIX, PRESENCE: PRESENCE_PREFIX}
+BAD_ENVELOPE_LOG_EVERY = 1000  # after the first, log one malformed message in this many
 
 
 class Hub:
@@ -61,7 +66,12 @@ class Hub:
         # metrics: called with each chat message's wire JSON once it is handed to members
         self.on_fanout: Callable[[bytes], None] | None = None
         self.closing = False
-        broker.bind(self.deliver, self._broker_state, presence_source=self.local_presence)
+        broker.bind(
+            self.deliver,
+            self._broker_state,
+            presence_source=self.local_presence,
+            on_transition=self._presence_transition,
+        )
 
     # --- connections ---------------------------------------------------------------------
 
@@ -338,12 +348,23 @@ class Hub:
         return msg_id
 
     def deliver(self, room: str, envelope: bytes) -> None:
-        """Broker callback: hand one room message to every local member, framed once."""
+        """Broker callback: hand one room message to every local member, framed once.
+
+        What arrives from Redis is checked cheaply before it reaches a client: a known kind,
+        wire JSON that starts as that kind's messages do and ends with `}`, valid UTF-8
+        (a text frame must be). About 0.2 µs per message per node, where json.loads would be
+        3 µs. It keeps out accidents (a truncated payload, another program on our channel);
+        whoever can PUBLISH to our Redis can still send a well-formed fake, and could do
+        worse anyway, so it is not meant to stop them.
+        """
         try:
             kind, key, wire = split_envelope(envelope)
-        except ValueError:
-            self.counters["bad_envelope"] += 1
-            log.warning("dropped a malformed broker message on %r", room[:64])
+            if not (wire.startswith(WIRE_PREFIX[kind]) and wire.endswith(b"}")):
+                raise ValueError("not a message of its kind")
+            if not wire.isascii():
+                wire.decode()  # UnicodeDecodeError is a ValueError
+        except (ValueError, KeyError):
+            self._bad_envelope(room, envelope)
             return
         frame = text_frame(wire)
         push = self.outbox.push
@@ -366,15 +387,39 @@ class Hub:
             self.room_msgs[room] += 1
             if self.on_fanout is not None:
                 self.on_fanout(wire)
-        elif self.tap.active:
-            self.tap.emit(
-                "PRESENCE",
-                self.node_id,
-                self.settings.key_prefix + "room:" + room,
-                wire.decode(errors="replace"),
-                room=room,
-                user=key.decode(errors="replace"),
+
+    def _bad_envelope(self, room: str, envelope: bytes) -> None:
+        self.counters["bad_envelope"] += 1
+        count = self.counters["bad_envelope"]
+        if count == 1 or count % BAD_ENVELOPE_LOG_EVERY == 0:
+            log.warning(
+                "dropped a malformed broker message on %r (%d so far): %r",
+                room[:64],
+                count,
+                envelope[:80],
             )
+
+    def _presence_transition(self, room: str, envelope: bytes) -> None:
+        """Broker callback: a presence transition this node made, for the console.
+
+        Reported by the node whose request made it rather than by every node that delivers
+        it, so a cluster console shows one line per transition. That node may not receive
+        the room at all (its last member there just left, or it reaped another node's).
+        """
+        if not self.tap.active:
+            return
+        try:
+            _, key, wire = split_envelope(envelope)
+        except ValueError:
+            return
+        self.tap.emit(
+            "PRESENCE",
+            self.node_id,
+            self.settings.key_prefix + "room:" + room,
+            wire.decode(errors="replace"),
+            room=room,
+            user=key.decode(errors="replace"),
+        )
 
     def local_presence(self) -> Iterator[tuple[str, str, str, str]]:
         """(room, conn id, userId, name) of every local membership, for re-registration."""

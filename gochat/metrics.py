@@ -80,6 +80,11 @@ class HubCollector(Collector):
                 errors.add_metric([key[6:]], value)
         yield errors
         yield CounterMetricFamily(
+            "gochat_bad_envelopes",
+            "Malformed messages from the broker dropped before reaching clients",
+            value=counters["bad_envelope"],
+        )
+        yield CounterMetricFamily(
             "gochat_slow_consumer_closes",
             "Connections closed with 1013 because their unsent bytes passed the limit",
             value=counters["slow_consumer"],

@@ -26,7 +26,7 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """One redis-server process without persistence, bound to 127.0.0.1:port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail(
@@ -36,6 +36,7 @@ class RedisServer:
             )
         self.exe = exe
         self.port = port if port is not None else free_port()
+        self.extra = extra  # more command-line options, e.g. ("--enable-debug-command", "yes")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,7 +46,7 @@ class RedisServer:
     def start(self) -> None:
         """Start the server and wait until it answers PING."""
         args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        args += ["--save", "", "--appendonly", "no", "--protected-mode", "no", *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while not _ping(self.port):

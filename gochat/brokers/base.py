@@ -24,6 +24,11 @@ PRESENCE = ord("p")
 MessageHandler = Callable[[str, bytes], None]
 """Called with (room, envelope) for every message on a room this node subscribes to."""
 
+TransitionHandler = Callable[[str, bytes], None]
+"""Called with (room, presence envelope) for each presence transition that this node's own
+request made (a join, a leave, a re-registration, a reaping): once per transition in the
+cluster, whether or not this node receives the room. The console's PRESENCE line."""
+
 StateHandler = Callable[[bool, str], None]
 """Called with (ready, reason) whenever the broker becomes usable or unusable."""
 
@@ -41,6 +46,7 @@ History = list[tuple[bytes, bytes]]
 """(id, wire JSON) of kept chat messages, oldest first."""
 
 CHAT_PREFIX = b'{"type":"chat","id":"'
+PRESENCE_PREFIX = b'{"type":"presence",'
 
 
 class BrokerUnavailable(Exception):
@@ -82,6 +88,7 @@ class Broker(ABC):
         self.reason = "not started"
         self._on_message: MessageHandler | None = None
         self._on_state: StateHandler | None = None
+        self._on_transition: TransitionHandler | None = None
         self._on_event: EventHandler | None = None
         self._presence_source: PresenceSource | None = None
         self._node_info: NodeInfo | None = None
@@ -91,11 +98,18 @@ class Broker(ABC):
         on_message: MessageHandler,
         on_state: StateHandler | None = None,
         presence_source: PresenceSource | None = None,
+        on_transition: TransitionHandler | None = None,
     ) -> None:
         """Set the callbacks the broker's listener delivers to (the Hub's)."""
         self._on_message = on_message
         self._on_state = on_state
         self._presence_source = presence_source
+        self._on_transition = on_transition
+
+    def _transitioned(self, room: str, envelope: bytes) -> None:
+        """Report a presence transition this node published (see TransitionHandler)."""
+        if self._on_transition is not None:
+            self._on_transition(room, envelope)
 
     def set_event_handler(self, on_event: EventHandler | None) -> None:
         """Receive every node's console events (what `publish_event` sends, own included)."""

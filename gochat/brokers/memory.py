@@ -113,8 +113,9 @@ class MemoryBroker(Broker):
         entry = r.users.get(user_id)
         if entry is None:
             r.users[user_id] = (name, {conn_id})
-            wire = presence(user_id, name, room, "online")
-            self._deliver(room, presence_envelope(user_id, wire))
+            envelope = presence_envelope(user_id, presence(user_id, name, room, "online"))
+            self._deliver(room, envelope)
+            self._transitioned(room, envelope)
         else:
             entry[1].add(conn_id)
 
@@ -126,8 +127,9 @@ class MemoryBroker(Broker):
         entry[1].discard(conn_id)
         if not entry[1]:
             del r.users[user_id]
-            wire = presence(user_id, entry[0], room, "offline")
-            self._deliver(room, presence_envelope(user_id, wire))
+            envelope = presence_envelope(user_id, presence(user_id, entry[0], room, "offline"))
+            self._deliver(room, envelope)
+            self._transitioned(room, envelope)
 
     async def members(self, room: str) -> list[Member]:
         r = self._rooms.get(room)

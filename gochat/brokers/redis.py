@@ -59,6 +59,23 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 FAILURES: tuple[type[BaseException], ...] = (RedisError, *UNREACHABLE)
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait for them, cancelling again any that is still running.
+
+    One cancel is not always enough: a cancel that lands while redis-py finishes a pipeline
+    can be lost (the task stays "cancelling" and goes back to waiting for work), and a
+    single cancel-then-gather then waits forever, so the node never stops.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("redis task %s failed", task.get_name(), exc_info=task.exception())
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"redis unreachable: {text[:160]}"
@@ -115,11 +132,14 @@ class RedisBroker(Broker):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def _client(self) -> Redis:
+    def _client(self, role: str) -> Redis:
         # No retries inside redis-py: a failed command is reported (never silently re-run,
         # which could append a chat twice), and reconnection is the listener's job.
+        # Named `gochat:<node>:<role>`, so CLIENT LIST tells whose connection is whose.
+        name = re.sub(r"[^!-~]", "_", f"gochat:{self.node_id}:{role}")
         return Redis.from_url(
             self.url,
+            client_name=name,
             decode_responses=False,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=COMMAND_TIMEOUT,
@@ -129,8 +149,8 @@ class RedisBroker(Broker):
         )
 
     async def start(self) -> None:
-        self._redis = self._client()
-        self._sub_redis = self._client()
+        self._redis = self._client("cmd")
+        self._sub_redis = self._client("sub")
         for name, source in (
             ("publish", redis_lua.PUBLISH),
             ("add", redis_lua.PRESENCE_ADD),
@@ -155,9 +175,7 @@ class RedisBroker(Broker):
 
     async def stop(self) -> None:
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel_all(self._tasks)
         self._tasks = []
         await self._drop_subscriber()
         if self._redis is not None:
@@ -316,7 +334,8 @@ class RedisBroker(Broker):
                 if await self._heartbeat():
                     log.warning("this node had been reaped; registering its presence again")
                     self._presence_dirty = True
-                dead = await self._scripts["reap"](args=[self.prefix, self.node_id])
+                dead, published = await self._scripts["reap"](args=[self.prefix, self.node_id])
+                self._report(published)
                 for node in dead:
                     log.warning("node %s stopped without leaving: its members are offline", node)
                 if self._presence_dirty:
@@ -344,7 +363,8 @@ class RedisBroker(Broker):
             args: list[Any] = [self.prefix, self.node_id]
             for (room, conn), (user, name) in self._local.items():
                 args += (room, conn, user, name)
-            removed, added = await self._scripts["sync"](args=args)
+            removed, added, published = await self._scripts["sync"](args=args)
+            self._report(published)
             if removed or added:
                 log.info("presence re-registered: %d removed, %d added", removed, added)
             if gen == self._presence_gen:
@@ -454,13 +474,14 @@ class RedisBroker(Broker):
         self._presence_gen += 1
         try:
             with self._unavailable_on_error("presence"):
-                await self._scripts["add"](
+                published = await self._scripts["add"](
                     args=[self.prefix, self.node_id, room, conn_id, user_id, name]
                 )
         except BrokerUnavailable:
             self._local.pop((room, conn_id), None)
             self._presence_dirty = True  # it may have been applied before the reply was lost
             raise
+        self._report(published)
 
     async def presence_remove(self, room: str, conn_id: str, user_id: str, name: str) -> None:
         # forgotten here at once: the next sync removes it from Redis if this call cannot
@@ -470,10 +491,18 @@ class RedisBroker(Broker):
         try:
             self._client_or_raise()
             with self._unavailable_on_error("presence"):
-                await self._scripts["remove"](args=[self.prefix, self.node_id, room, conn_id])
+                published = await self._scripts["remove"](
+                    args=[self.prefix, self.node_id, room, conn_id]
+                )
         except BrokerUnavailable:
             self._presence_dirty = True
             raise
+        self._report(published)
+
+    def _report(self, published: list[bytes]) -> None:
+        """Hand the transitions a presence script published to the Hub's console line."""
+        for i in range(0, len(published) - 1, 2):
+            self._transitioned(published[i].decode(errors="replace"), published[i + 1])
 
     async def members(self, room: str) -> list[Member]:
         r = self._client_or_raise()

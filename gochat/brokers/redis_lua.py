@@ -30,9 +30,18 @@ redis.call('PUBLISH', ARGV[4], 'c' .. id .. '\\n' .. ARGV[5] .. id .. ARGV[3])
 return id
 """
 
-# Shared by the presence scripts. ARGV[1] is always the key prefix.
+# Shared by the presence scripts. ARGV[1] is always the key prefix. Every script returns
+# the transitions it published as a flat list {room, envelope, room, envelope...}: the node
+# that ran it reports each one to its console, so each is reported once in the cluster.
 _PRELUDE = """
 local P = ARGV[1]
+local published = {}
+
+local function announce(room, env)
+  redis.call('PUBLISH', P .. 'room:' .. room, env)
+  published[#published + 1] = room
+  published[#published + 1] = env
+end
 
 local function envelope(user, name, room, status)
   return 'p' .. user .. '\\n{"type":"presence","userId":' .. cjson.encode(user)
@@ -45,7 +54,7 @@ local function add(nc, room, conn, user, name)
   if redis.call('HSETNX', P .. 'presence:' .. room, conn, user) == 0 then return 0 end
   if redis.call('HINCRBY', P .. 'presence_users:' .. room, user, 1) == 1 then
     redis.call('HSET', P .. 'presence_names:' .. room, user, name)
-    redis.call('PUBLISH', P .. 'room:' .. room, envelope(user, name, room, 'online'))
+    announce(room, envelope(user, name, room, 'online'))
   end
   return 1
 end
@@ -62,7 +71,7 @@ local function remove(nc, room, conn)
     local name = redis.call('HGET', nk, user) or user
     redis.call('HDEL', uk, user)
     redis.call('HDEL', nk, user)
-    redis.call('PUBLISH', P .. 'room:' .. room, envelope(user, name, room, 'offline'))
+    announce(room, envelope(user, name, room, 'offline'))
   end
   return 1
 end
@@ -84,7 +93,8 @@ end
 PRESENCE_ADD = (
     _PRELUDE
     + """
-return add(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+add(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return published
 """
 )
 
@@ -92,7 +102,8 @@ return add(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 PRESENCE_REMOVE = (
     _PRELUDE
     + """
-return remove(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4])
+remove(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4])
+return published
 """
 )
 
@@ -110,7 +121,7 @@ for _, m in ipairs(redis.call('SMEMBERS', nc)) do
   if not want[m] then removed = removed + remove_member(nc, m) end
 end
 for i = 3, #ARGV, 4 do added = added + add(nc, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
-return {removed, added}
+return {removed, added, published}
 """
 )
 
@@ -135,7 +146,7 @@ for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
     dead[#dead + 1] = node
   end
 end
-return dead
+return {dead, published}
 """
 )
 
@@ -146,6 +157,6 @@ LEAVE = (
     + """
 drop_node(ARGV[2])
 redis.call('DEL', P .. 'node:' .. ARGV[2])
-return 1
+return published
 """
 )
