@@ -71,6 +71,7 @@ class Hub:
             self._broker_state,
             presence_source=self.local_presence,
             on_transition=self._presence_transition,
+            on_gap=self._missed,
         )
 
     # --- connections ---------------------------------------------------------------------
@@ -347,7 +348,7 @@ class Hub:
             )
         return msg_id
 
-    def deliver(self, room: str, envelope: bytes) -> None:
+    def deliver(self, room: str, envelope: bytes) -> bool:
         """Broker callback: hand one room message to every local member, framed once.
 
         What arrives from Redis is checked cheaply before it reaches a client: a known kind,
@@ -365,7 +366,7 @@ class Hub:
                 wire.decode()  # UnicodeDecodeError is a ValueError
         except (ValueError, KeyError):
             self._bad_envelope(room, envelope)
-            return
+            return False
         frame = text_frame(wire)
         push = self.outbox.push
         members = self.rooms.get(room)
@@ -387,6 +388,7 @@ class Hub:
             self.room_msgs[room] += 1
             if self.on_fanout is not None:
                 self.on_fanout(wire)
+        return True
 
     def _bad_envelope(self, room: str, envelope: bytes) -> None:
         self.counters["bad_envelope"] += 1
@@ -420,6 +422,15 @@ class Hub:
             room=room,
             user=key.decode(errors="replace"),
         )
+
+    def _missed(self, room: str) -> None:
+        """Broker callback: this node missed messages of `room` that it cannot replay. Its
+        members reconnect and rejoin with `since`, so each is told `recovered: false`
+        instead of living with a silent hole."""
+        members = self.rooms.get(room)
+        for client in list(members.values()) if members else ():
+            self.counters["resync_closes"] += 1
+            self.drop(client, CloseCode.TRY_AGAIN, "messages missed: rejoin with since")
 
     def local_presence(self) -> Iterator[tuple[str, str, str, str]]:
         """(room, conn id, userId, name) of every local membership, for re-registration."""

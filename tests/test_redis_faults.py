@@ -257,3 +257,116 @@ async def test_garbage_on_a_room_channel(redis_server: RedisServer, make_chat: A
         assert f"gochat_bad_envelopes_total {float(len(GARBAGE))}" in metrics
         assert (await readyz(app))[0] == 200
     await one_subscriber_per_node(redis_server.url, "n1", "n2")
+
+
+async def test_messages_published_while_deaf_are_replayed_once_in_order(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    """Node a's subscriber is killed again and again while node b publishes: a's member
+    still gets every message exactly once and in order, without reconnecting (the node
+    replays the room's stream after the last id it delivered)."""
+    a, b = await nodes(make_chat, redis_server, "a", "b", history=1000)
+    reader, sender = await members_in_r([a, b])
+    r = aioredis.Redis.from_url(redis_server.url)
+    count = 300
+    try:
+
+        async def kill_a_subscriber() -> None:
+            for _ in range(6):
+                for c in await r.client_list(_type="pubsub"):
+                    if c["name"] == "gochat:a:sub":
+                        await r.client_kill_filter(_id=c["id"])
+                await until(lambda: a.app[BROKER].ready, what="node a to resubscribe")
+                await asyncio.sleep(0.05)  # spread the kills over the publishing
+
+        killer = asyncio.create_task(kill_a_subscriber())
+        sent = 0
+        for i in range(count):
+            await sender.send_json({"type": "chat", "room": "r", "text": f"m{i}"})
+            frame = await recv_type(sender, "chat")  # one at a time: b never refuses
+            if frame["text"] == f"m{i}":
+                sent += 1
+        await killer
+        texts = [(await recv_type(reader, "chat"))["text"] for _ in range(count)]
+    finally:
+        await r.aclose()
+    assert sent == count
+    assert texts == [f"m{i}" for i in range(count)]
+    await nothing_more_chat(reader)
+    assert a.app[BROKER].replayed > 0  # the kills did make node a miss live messages
+    assert not reader.closed
+
+
+async def nothing_more_chat(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """No further chat frame (a duplicate) arrives within a short wait."""
+    try:
+        while True:
+            frame = await recv(ws, timeout=0.3)
+            assert frame["type"] != "chat", f"unexpected chat {frame}"
+    except TimeoutError:
+        return
+
+
+async def test_a_gap_beyond_history_closes_members_to_rejoin(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    """When node a was deaf for more messages than the room keeps, its member is closed with
+    1013 (never left with a silent hole) and, rejoining with `since`, is told
+    `recovered: false`."""
+    a, b = await nodes(make_chat, redis_server, "a", "b", history=5)
+    reader, sender = await members_in_r([a, b])
+    await sender.send_json({"type": "chat", "room": "r", "text": "before"})
+    last_seen = (await recv_type(reader, "chat"))["id"]
+    await recv_type(sender, "chat")
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        for c in await r.client_list(_type="pubsub"):
+            if c["name"] == "gochat:a:sub":
+                await r.client_kill_filter(_id=c["id"])
+    finally:
+        await r.aclose()
+    # Node a resubscribes after >= 50 ms of backoff. A burst lands meanwhile, far more than
+    # the room keeps (MAXLEN ~ trims in whole stream nodes of 100 entries).
+    for i in range(400):
+        await sender.send_json({"type": "chat", "room": "r", "text": f"m{i}"})
+    for _ in range(400):
+        await recv_type(sender, "chat")
+    async with asyncio.timeout(TIMEOUT):
+        msg = await reader.receive()
+        while msg.type is aiohttp.WSMsgType.TEXT:
+            msg = await reader.receive()
+    # the close frame itself (the client's own close_code may read 1006: the server closed
+    # the transport before the client's close reply could be written)
+    assert (msg.type, msg.data, msg.extra) == (
+        aiohttp.WSMsgType.CLOSE,
+        1013,
+        "messages missed: rejoin with since",
+    )
+    assert a.app[BROKER].gaps == 1 and a.app[HUB].counters["resync_closes"] == 1
+    again, _ = await connect(a, "u0")
+    rejoined = await join(again, "r", since=last_seen)
+    assert rejoined["recovered"] is False
+    assert [m["text"] for m in rejoined["history"]][-1] == "m399"
+
+
+async def test_redis_out_of_memory_answers_unavailable(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    """Redis refusing writes (maxmemory reached, noeviction) is an `unavailable` answer, the
+    node stays up, and chat works again once Redis accepts writes."""
+    (a,) = await nodes(make_chat, redis_server, "a")
+    ws, _ = await connect(a, "u")
+    await join(ws, "r")
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await r.config_set("maxmemory-policy", "noeviction")
+        await r.config_set("maxmemory", 1)
+        await ws.send_json({"type": "chat", "room": "r", "text": "full", "cid": "oom"})
+        err = await recv_type(ws, "error")
+        assert (err["code"], err["ref"]) == ("unavailable", "oom")
+        await r.config_set("maxmemory", 0)
+    finally:
+        await r.aclose()
+    await ws.send_json({"type": "chat", "room": "r", "text": "room again"})
+    assert (await recv_type(ws, "chat"))["text"] == "room again"
+    assert (await readyz(a))[0] == 200

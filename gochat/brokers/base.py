@@ -21,8 +21,9 @@ from ..protocol import Member, encode
 CHAT = ord("c")
 PRESENCE = ord("p")
 
-MessageHandler = Callable[[str, bytes], None]
-"""Called with (room, envelope) for every message on a room this node subscribes to."""
+MessageHandler = Callable[[str, bytes], bool]
+"""Called with (room, envelope) for every message on a room this node subscribes to;
+returns False when the envelope was malformed and dropped."""
 
 TransitionHandler = Callable[[str, bytes], None]
 """Called with (room, presence envelope) for each presence transition that this node's own
@@ -38,6 +39,10 @@ EventHandler = Callable[[bytes], None]
 PresenceSource = Callable[[], Iterable[tuple[str, str, str, str]]]
 """(room, connection id, userId, name) of every local membership: what a broker that lost
 its backend registers again when it returns."""
+
+GapHandler = Callable[[str], None]
+"""Called with a room whose messages this node missed (deaf subscription) beyond what the
+room's history still holds: its members cannot be brought up to date in place."""
 
 NodeInfo = Callable[[], dict[str, Any]]
 """A JSON-able description of this node: id, uptime, connections, rooms, memory..."""
@@ -89,6 +94,7 @@ class Broker(ABC):
         self._on_message: MessageHandler | None = None
         self._on_state: StateHandler | None = None
         self._on_transition: TransitionHandler | None = None
+        self._on_gap: GapHandler | None = None
         self._on_event: EventHandler | None = None
         self._presence_source: PresenceSource | None = None
         self._node_info: NodeInfo | None = None
@@ -99,12 +105,19 @@ class Broker(ABC):
         on_state: StateHandler | None = None,
         presence_source: PresenceSource | None = None,
         on_transition: TransitionHandler | None = None,
+        on_gap: GapHandler | None = None,
     ) -> None:
         """Set the callbacks the broker's listener delivers to (the Hub's)."""
         self._on_message = on_message
         self._on_state = on_state
         self._presence_source = presence_source
         self._on_transition = on_transition
+        self._on_gap = on_gap
+
+    def _missed(self, room: str) -> None:
+        """Report that this node missed messages of `room` it can no longer recover."""
+        if self._on_gap is not None:
+            self._on_gap(room)
 
     def _transitioned(self, room: str, envelope: bytes) -> None:
         """Report a presence transition this node published (see TransitionHandler)."""

@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -33,9 +34,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
+from ..events import loggable
 from ..protocol import Member
 from . import redis_lua
-from .base import CHAT_PREFIX, Broker, BrokerUnavailable, History, chat_suffix
+from .base import CHAT_PREFIX, Broker, BrokerUnavailable, History, chat_envelope, chat_suffix
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ PROBE_EVERY = 1.0  # a ping through our own subscription, to prove it still deli
 PROBE_TIMEOUT = 3.0  # a subscription that has not echoed the ping by then is dead
 SUBSCRIBE_TIMEOUT = 2.0  # wait for Redis to confirm a subscription before reading history
 EVENT_QUEUE = 1024  # console events waiting to be published; the oldest are dropped
+FUTURE_MS = 3_600_000  # a chat id this far ahead of our clock is not trusted for dedupe
 STREAM_ID = re.compile(rb"\d{1,20}-\d{1,20}")
 
 # Errors that mean "Redis is not reachable now", as opposed to a bug in a script.
@@ -74,6 +77,15 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("redis task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _parse_id(raw: bytes) -> tuple[int, int] | None:
+    """A stream id (b"1732740000123-0") as a comparable pair; None when it is not one."""
+    ms, _, seq = raw.partition(b"-")
+    try:
+        return int(ms), int(seq)
+    except ValueError:
+        return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -107,6 +119,13 @@ class RedisBroker(Broker):
         self._pubsub: PubSub | None = None  # set only while subscribed and confirmed
         self._rooms: set[str] = set()  # rooms this node wants, whatever Redis's state
         self._channel_rooms: dict[bytes, str] = {}
+        # Newest chat id handed to the Hub per room: a resubscribed node replays the stream
+        # after it (what was published while it was deaf) and drops anything not newer.
+        self._last_ids: dict[str, tuple[int, int]] = {}
+        self._held: list[tuple[str, bytes]] | None = None  # room messages while resubscribing
+        self.replayed = 0  # chat messages recovered from streams after a resubscription
+        self.duplicates = 0  # chat messages dropped because their id was not newer
+        self.gaps = 0  # resubscriptions that found messages trimmed before they were replayed
         self._confirm: dict[bytes, list[asyncio.Future[None]]] = {}
         # What this node has told Redis about its presence: (room, conn) -> (userId, name).
         # Kept here rather than asked of the Hub, because a joining connection is counted
@@ -197,8 +216,15 @@ class RedisBroker(Broker):
         delay = BACKOFF_MIN
         while True:
             try:
+                # Live room messages wait until the streams are replayed, so every room keeps
+                # one order: first what was missed, then what arrived meanwhile.
+                self._held = []
                 await self._connect_subscriber()
                 await self._register()
+                await self._replay()
+                held, self._held = self._held, None
+                for room, data in held:
+                    self._room_message(room, data)
                 self._set_state(True, "connected")
                 self._first_attempt.set()
                 delay = BACKOFF_MIN
@@ -211,6 +237,7 @@ class RedisBroker(Broker):
                 log.exception("redis listener failed")
                 self._set_state(False, f"listener error: {exc!r}"[:200])
             finally:
+                self._held = None  # not delivered: the next replay covers them
                 await self._drop_subscriber()
             self._first_attempt.set()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -294,11 +321,10 @@ class RedisBroker(Broker):
             data: bytes = msg["data"]
             room = self._channel_rooms.get(channel)
             if room is not None:
-                if self._on_message is not None and room in self._rooms:
-                    try:
-                        self._on_message(room, data)
-                    except Exception:  # one bad delivery must not stop the listener
-                        log.exception("delivering a message on %s failed", room)
+                if self._held is not None:
+                    self._held.append((room, data))
+                else:
+                    self._room_message(room, data)
             elif channel == self._events:
                 if self._on_event is not None:
                     try:
@@ -311,6 +337,67 @@ class RedisBroker(Broker):
             for fut in self._confirm.pop(channel, ()):
                 if not fut.done():
                     fut.set_result(None)
+
+    def _room_message(self, room: str, data: bytes) -> None:
+        """Hand one room message to the Hub, dropping a chat whose id is not newer."""
+        if room not in self._rooms or self._on_message is None:
+            return
+        msg_id = _parse_id(data[1 : data.find(b"\n")]) if data[:1] == b"c" else None
+        if msg_id is not None:
+            last = self._last_ids.get(room)
+            if last is not None and msg_id <= last:
+                self.duplicates += 1
+                return
+        try:
+            accepted = self._on_message(room, data)
+        except Exception:  # one bad delivery must not stop the listener
+            log.exception("delivering a message on %s failed", loggable(room))
+            return
+        # Only a message the Hub took, with an id not from the far future, moves the mark:
+        # a forged envelope must not make the node drop every real message after it.
+        if accepted and msg_id is not None and msg_id[0] < time.time() * 1000 + FUTURE_MS:
+            self._last_ids[room] = msg_id
+
+    async def _replay(self) -> None:
+        """Deliver what each room's stream got after the last id we delivered (we were deaf).
+
+        The stream still holding that id, or never having been trimmed, proves nothing in
+        between is missing; otherwise the room's members are told (the Hub closes them with
+        1013, they rejoin with `since` and get `recovered: false`), never left with a hole.
+        """
+        if not self.history_size:
+            return
+        assert self._redis is not None
+        for room in sorted(self._rooms):
+            last = self._last_ids.get(room)
+            if last is None:
+                continue
+            entries: Any = await self._redis.xrange(
+                self._key("history:", room), min=b"%d-%d" % last
+            )
+            if entries and _parse_id(entries[0][0]) == last:
+                entries = entries[1:]
+            elif len(entries) >= self.history_size:
+                # The mark is gone and the stream is full: trimming may have taken messages
+                # after it. (A shorter stream was never trimmed, e.g. a Redis restarted
+                # without persistence: everything after the mark is still in it.)
+                if entries:
+                    self._last_ids[room] = _parse_id(entries[-1][0]) or last
+                log.warning("room %s: missed more messages than its history holds", loggable(room))
+                self.gaps += 1
+                self._missed(room)
+                continue
+            for msg_id, wire in self._wires(entries):
+                self._room_message(room, chat_envelope(msg_id, wire))
+            if entries:
+                self.replayed += len(entries)
+                log.info("room %s: %d missed messages replayed", loggable(room), len(entries))
+
+    async def _newest_id(self, room: str) -> tuple[int, int]:
+        """The id of the newest message in `room`'s stream, (0, 0) when there is none."""
+        assert self._redis is not None
+        newest: Any = await self._redis.xrevrange(self._key("history:", room), count=1)
+        return (_parse_id(newest[0][0]) or (0, 0)) if newest else (0, 0)
 
     async def _drop_subscriber(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -395,6 +482,13 @@ class RedisBroker(Broker):
 
     async def subscribe(self, room: str) -> None:
         channel = self._room_channel(room)
+        if room not in self._last_ids and self._pubsub is not None and self.history_size:
+            # Before subscribing: whatever comes after this id reaches us live or, after a
+            # resubscription, from the stream. (After it, a live message could be dropped.)
+            try:
+                self._last_ids[room] = await self._newest_id(room)
+            except FAILURES as exc:
+                log.warning("subscribe %s: newest id unknown: %s", loggable(room), exc)
         self._rooms.add(room)
         self._channel_rooms[channel] = room
         pubsub = self._pubsub
@@ -419,6 +513,7 @@ class RedisBroker(Broker):
         channel = self._room_channel(room)
         self._rooms.discard(room)
         self._channel_rooms.pop(channel, None)
+        self._last_ids.pop(room, None)
         pubsub = self._pubsub
         if pubsub is None:
             return
