@@ -400,3 +400,30 @@ async def test_clean_stop_sends_offline_at_once(redis_server: RedisServer, make_
     assert time.monotonic() - started < 3
     assert [n["id"] for n in await n1.app[BROKER].nodes()] == ["n1"]
     await nothing_more(alice)
+
+
+async def test_join_storm_queues_for_redis_connections(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    """300 joins, then 300 abrupt disconnects, at once on one node: every join is answered,
+    every user goes offline once, and the node stays ready."""
+    (node,) = await nodes(make_chat, redis_server, "storm")
+    url = str(node.make_url("/ws"))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        socks = [await session.ws_connect(url, params={"name": f"s{i}"}) for i in range(300)]
+        for ws in socks:
+            assert (await recv(ws))["type"] == "welcome"
+        await asyncio.gather(*(ws.send_json({"type": "join", "room": "storm"}) for ws in socks))
+        replies = [await recv_type(ws, "joined") for ws in socks]
+        assert all(r["room"] == "storm" for r in replies)
+        assert (await readyz(node))[0] == 200
+        watcher, _ = await connect(node, "watcher")
+        await join(watcher, "storm")
+        for ws in socks:  # and all leave at once: 300 presence removals in flight
+            ws._response.connection.transport.abort()  # type: ignore[union-attr]
+        offline = {(await recv_type(watcher, "presence"))["userId"] for _ in range(300)}
+        assert offline == {f"s{i}" for i in range(300)}
+        assert (await readyz(node))[0] == 200
+        assert await node.app[BROKER].members("storm") == [{"userId": "watcher", "name": "watcher"}]
+        for ws in socks:
+            await ws.close()

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -41,6 +41,7 @@ from .base import CHAT_PREFIX, Broker, BrokerUnavailable, History, chat_envelope
 
 log = logging.getLogger(__name__)
 
+POOL_SIZE = 32  # command connections per node; more requests wait for one (blocking pool)
 COMMAND_TIMEOUT = 2.0  # a hanging Redis fails a request after this long, never blocks it
 BACKOFF_MIN = 0.1  # first reconnect delay; doubles up to BACKOFF_MAX, with jitter
 BACKOFF_MAX = 2.0
@@ -155,9 +156,14 @@ class RedisBroker(Broker):
         # No retries inside redis-py: a failed command is reported (never silently re-run,
         # which could append a chat twice), and reconnection is the listener's job.
         # Named `gochat:<node>:<role>`, so CLIENT LIST tells whose connection is whose.
+        # A blocking pool: a burst of requests (a join storm) queues for a connection, up to
+        # the command timeout, instead of failing with "Too many connections" (redis-py's
+        # plain pool refuses past 100), which also cost the node its readiness.
         name = re.sub(r"[^!-~]", "_", f"gochat:{self.node_id}:{role}")
-        return Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=POOL_SIZE,
+            timeout=COMMAND_TIMEOUT,
             client_name=name,
             decode_responses=False,
             retry=Retry(NoBackoff(), 0),
@@ -166,6 +172,7 @@ class RedisBroker(Broker):
             socket_keepalive=True,
             health_check_interval=0,
         )
+        return Redis.from_pool(pool)
 
     async def start(self) -> None:
         self._redis = self._client("cmd")
