@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .brokers.base import Broker, BrokerUnavailable
+from .brokers.base import Broker, BrokerUnavailable, chat_suffix
 from .client import Client
 from .config import Settings
 from .console_auth import ConsoleAuth
@@ -271,7 +271,7 @@ class Console:
             "system": True,  # a user may call themselves "system"; clients can tell
         }
         try:
-            msg_id = await self.broker.publish(room, fields)
+            msg_id = await self.broker.publish(room, chat_suffix(fields))
         except BrokerUnavailable as exc:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, str(exc) or "broker down", "notice"

@@ -148,35 +148,19 @@ class Hub:
             )
 
     def _overflow(self, client: Client) -> None:
-        self.counters["slow_consumer"] += 1
-        log.info("%s slow consumer: %d bytes unsent", client.id, client.buffered_bytes())
-        self.tap.emit(
-            "ERROR",
-            client.remote,
-            "slow_consumer",
-            "closed 1013",
-            conn=client.id,
-            user=client.user_id,
-        )
-        self.drop(client, CloseCode.TRY_AGAIN, "slow consumer")
+        self._too_slow(client, "slow_consumer", "slow consumer")
 
     def _stuck(self, client: Client) -> None:
-        self.counters["write_timeout"] += 1
-        log.info(
-            "%s write timeout: %d bytes unsent for %gs",
-            client.id,
-            client.buffered_bytes(),
-            self.settings.write_timeout,
-        )
+        self._too_slow(client, "write_timeout", "write timeout")
+
+    def _too_slow(self, client: Client, counter: str, reason: str) -> None:
+        """Close a client the Outbox cannot write to fast enough: 1013, counted and tapped."""
+        self.counters[counter] += 1
+        log.info("%s %s: %d bytes unsent", client.id, reason, client.buffered_bytes())
         self.tap.emit(
-            "ERROR",
-            client.remote,
-            "write_timeout",
-            "closed 1013",
-            conn=client.id,
-            user=client.user_id,
+            "ERROR", client.remote, counter, "closed 1013", conn=client.id, user=client.user_id
         )
-        self.drop(client, CloseCode.TRY_AGAIN, "write timeout")
+        self.drop(client, CloseCode.TRY_AGAIN, reason)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a coroutine the Hub keeps and awaits on shutdown (nothing fire-and-forget)."""
@@ -330,13 +314,14 @@ class Hub:
         }
         if cid is not None:
             fields["cid"] = cid
+        suffix = chat_suffix(fields)  # serialised once: the broker and the tap share it
         try:
-            msg_id = await self.broker.publish(room, fields)
+            msg_id = await self.broker.publish(room, suffix)
         except BrokerUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref) from None
         self.counters["published"] += 1
         if self.tap.active:  # here, not in deliver: once per message, with the sender's address
-            wire = CHAT_PREFIX + msg_id.encode() + chat_suffix(fields)
+            wire = CHAT_PREFIX + msg_id.encode() + suffix
             self.tap.emit(
                 "PUBLISH",
                 client.remote,

@@ -155,9 +155,10 @@ class Broker(ABC):
         """Stop receiving `room` (called when its last local member leaves)."""
 
     @abstractmethod
-    async def publish(self, room: str, fields: dict[str, Any]) -> str:
-        """Give `fields` (a chat message without `type` and `id`) an id, append it to the
-        room's history and deliver it to every subscribed node, atomically; return the id."""
+    async def publish(self, room: str, suffix: bytes) -> str:
+        """Give a chat message an id, append it to the room's history and deliver it to
+        every subscribed node, atomically; return the id. `suffix` is the message serialised
+        once without `type` and `id` (`chat_suffix(fields)`): wire = CHAT_PREFIX + id + suffix."""
 
     @abstractmethod
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
 
 from ..protocol import Member, presence
 from .base import (
@@ -13,7 +12,6 @@ from .base import (
     BrokerUnavailable,
     History,
     chat_envelope,
-    chat_suffix,
     presence_envelope,
 )
 
@@ -85,12 +83,12 @@ class MemoryBroker(Broker):
         if not self.ready:
             raise BrokerUnavailable(f"broker {self.reason}")
 
-    async def publish(self, room: str, fields: dict[str, Any]) -> str:
+    async def publish(self, room: str, suffix: bytes) -> str:
         self._check()
         r = self._room(room)
         msg_id = self._next_id(r)
         bid = msg_id.encode()
-        wire = CHAT_PREFIX + bid + chat_suffix(fields)
+        wire = CHAT_PREFIX + bid + suffix
         if self.history_size:
             r.history.append((bid, wire))
         self._deliver(room, chat_envelope(bid, wire))

@@ -37,7 +37,7 @@ from ..config import Settings
 from ..events import loggable
 from ..protocol import Member
 from . import redis_lua
-from .base import CHAT_PREFIX, Broker, BrokerUnavailable, History, chat_envelope, chat_suffix
+from .base import CHAT_PREFIX, Broker, BrokerUnavailable, History, chat_envelope
 
 log = logging.getLogger(__name__)
 
@@ -529,9 +529,8 @@ class RedisBroker(Broker):
         except FAILURES as exc:
             log.debug("unsubscribe %s: %s", room, exc)
 
-    async def publish(self, room: str, fields: dict[str, Any]) -> str:
+    async def publish(self, room: str, suffix: bytes) -> str:
         self._client_or_raise()
-        suffix = chat_suffix(fields)
         size = self.history_size
         with self._unavailable_on_error("publish"):
             msg_id: bytes = await self._scripts["publish"](
