@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class Outbox:
         self._on_stuck = on_stuck
         self._dirty: list[Client] = []
         self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._backlog: dict[Client, float] = {}  # client -> loop time its backlog began
         self._sweeper: asyncio.TimerHandle | None = None
         self.writes = 0  # transport.write calls, for the console and the benchmarks
@@ -75,9 +76,28 @@ class Outbox:
         if not pending:
             self._dirty.append(client)
             if not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self.flush)
+                self._schedule()
         pending.append(frame)
+
+    def push_all(self, clients: Iterable[Client], frame: bytes) -> None:
+        """`push(client, frame)` for each of `clients`: the room fan-out, one loop, no calls."""
+        dirty = self._dirty
+        for client in clients:
+            if client.closed:
+                continue
+            pending = client.pending
+            if not pending:
+                dirty.append(client)
+            pending.append(frame)
+        if dirty and not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every dirty client's frames; close the ones whose buffer is over the limit."""
@@ -85,15 +105,19 @@ class Outbox:
         dirty, self._dirty = self._dirty, []
         limit = self.limit_bytes
         backlog = self._backlog
+        writes = frames = 0
         for client in dirty:
-            frames, client.pending = client.pending, []
+            pending = client.pending
+            n = len(pending)
+            data = pending[0] if n == 1 else b"".join(pending)
+            pending.clear()
             transport = client.transport
             if client.closed or transport is None or transport.is_closing():
                 continue
-            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-            self.writes += 1
-            self.frames += len(frames)
-            client.msgs_out += len(frames)
+            transport.write(data)
+            writes += 1
+            frames += n
+            client.msgs_out += n
             unsent = transport.get_write_buffer_size()
             if unsent:
                 if unsent > limit:
@@ -102,6 +126,8 @@ class Outbox:
                     self._note_backlog(client)
             elif backlog:
                 backlog.pop(client, None)
+        self.writes += writes
+        self.frames += frames
 
     def _note_backlog(self, client: Client) -> None:
         loop = asyncio.get_running_loop()

@@ -353,17 +353,14 @@ class Hub:
             self._bad_envelope(room, envelope)
             return False
         frame = text_frame(wire)
-        push = self.outbox.push
         members = self.rooms.get(room)
         if members:
             if kind == CHAT:
-                for client in members.values():
-                    push(client, frame)
+                self.outbox.push_all(members.values(), frame)
             elif kind == PRESENCE:
                 user_id = key.decode()
-                for client in members.values():
-                    if client.user_id != user_id:
-                        push(client, frame)
+                others = (c for c in members.values() if c.user_id != user_id)
+                self.outbox.push_all(others, frame)
         waiting = self._joining.get(room)
         if waiting:
             for buffered in waiting.values():

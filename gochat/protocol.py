@@ -1,8 +1,10 @@
 """The wire contract: client messages, server messages, error codes and close codes.
 
 Inbound frames are parsed strictly (no NaN/Infinity, no duplicate keys, no deep nesting, no
-lone surrogates) and validated by one pydantic TypeAdapter built at import. Outbound messages
-are plain dicts serialised once by `encode`; the same bytes go to every recipient.
+lone surrogates). The common well-formed frame (flat string fields) is checked in plain
+Python; anything else is validated by one pydantic TypeAdapter built at import, which also
+words every refusal. Outbound messages are plain dicts serialised once by `encode`; the same
+bytes go to every recipient.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, Literal, NoReturn, TypedDict
+from typing import Annotated, Any, Literal, NamedTuple, NoReturn, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -59,31 +61,51 @@ class ProtocolError(Exception):
 # --- client -> server -------------------------------------------------------------------
 
 
+class Join(NamedTuple):
+    room: str
+    since: str | None = None
+
+
+class Leave(NamedTuple):
+    room: str
+
+
+class Chat(NamedTuple):
+    room: str
+    text: str
+    cid: str | None = None
+
+
+MAX_ID = 64  # longest `cid` and `since`
+
+
+# The schema of the full path. Its models are only the validator: decode returns the
+# NamedTuples above, which the fast path builds for a fraction of a model's cost.
 class _Inbound(BaseModel):
     # strict: a number is not a room name; extra fields are ignored per the contract
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
-class Join(_Inbound):
+class _JoinIn(_Inbound):
     type: Literal["join"]
     room: str
-    since: Annotated[str, Field(max_length=64)] | None = None
+    since: Annotated[str, Field(max_length=MAX_ID)] | None = None
 
 
-class Leave(_Inbound):
+class _LeaveIn(_Inbound):
     type: Literal["leave"]
     room: str
 
 
-class Chat(_Inbound):
+class _ChatIn(_Inbound):
     type: Literal["chat"]
     room: str
     text: str
-    cid: Annotated[str, Field(max_length=64)] | None = None
+    cid: Annotated[str, Field(max_length=MAX_ID)] | None = None
 
 
-ClientMessage = Annotated[Join | Leave | Chat, Field(discriminator="type")]
-CLIENT_MESSAGE: TypeAdapter[Join | Leave | Chat] = TypeAdapter(ClientMessage)
+ClientMessage = Annotated[_JoinIn | _LeaveIn | _ChatIn, Field(discriminator="type")]
+CLIENT_MESSAGE: TypeAdapter[_JoinIn | _LeaveIn | _ChatIn] = TypeAdapter(ClientMessage)
 KNOWN_TYPES = frozenset({"join", "leave", "chat"})
 
 
@@ -114,6 +136,12 @@ def _depth(value: Any, limit: int) -> bool:
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+# One decoder and one encoder for the process: json.loads and json.dumps with options build
+# a new one on every call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def has_bad_chars(text: str) -> bool:
     """Lone surrogates (not UTF-8), NUL, control characters or bidi overrides."""
     if _UNSAFE.search(text) is not None:
@@ -127,26 +155,70 @@ def has_bad_chars(text: str) -> bool:
     return False
 
 
+def _fast(kind: str, obj: dict[str, Any]) -> Join | Leave | Chat | None:
+    """The common, well-formed frame, accepted without pydantic (about 6x cheaper).
+
+    Only flat objects whose every value is a string (or null) get here, so the depth check
+    cannot fail. It accepts exactly what the full path would accept and builds the same
+    values; on anything it does not accept (a missing or mistyped field, an over-long id,
+    a bad character) it returns None, and the full path finds the fault and words it.
+    """
+    for value in obj.values():
+        if type(value) is not str and value is not None:
+            return None
+    room = obj.get("room")
+    if room is None or has_bad_chars(room):
+        return None
+    if kind == "chat":
+        text, cid = obj.get("text"), obj.get("cid")
+        if text is None or has_bad_chars(text):
+            return None
+        if cid is not None and (len(cid) > MAX_ID or has_bad_chars(cid)):
+            return None
+        return Chat(room, text, cid)
+    if kind == "join":
+        since = obj.get("since")
+        if since is not None and (len(since) > MAX_ID or has_bad_chars(since)):
+            return None
+        return Join(room, since)
+    return Leave(room)
+
+
 def decode(raw: str) -> Join | Leave | Chat:
     """Parse one text frame strictly and validate it; raise ProtocolError on any fault."""
     try:
-        obj = json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicate_keys)
+        obj = _DECODER.decode(raw)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {_short(exc)}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise ProtocolError(ErrorCode.BAD_JSON, "a frame must be one JSON object")
     kind = obj.get("type")
     ref = kind if isinstance(kind, str) and kind in KNOWN_TYPES else None
+    if ref is not None:
+        fast = _fast(ref, obj)
+        if fast is not None:
+            return fast
+    return _full(obj, ref)
+
+
+def _full(obj: dict[str, Any], ref: str | None) -> Join | Leave | Chat:
+    """Validate any decoded object against the schema; raise ProtocolError on any fault."""
     if not _depth(obj, MAX_DEPTH):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "nesting too deep", ref)
     if ref is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "type must be one of chat, join, leave")
     try:
-        msg = CLIENT_MESSAGE.validate_python(obj)
+        valid = CLIENT_MESSAGE.validate_python(obj)
     except ValidationError as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, _describe(exc), _cid_of(obj) or ref) from None
-    for name in ("room", "text", "cid", "since"):
-        value = getattr(msg, name, None)
+    msg: Join | Leave | Chat
+    if isinstance(valid, _ChatIn):
+        msg = Chat(valid.room, valid.text, valid.cid)
+    elif isinstance(valid, _JoinIn):
+        msg = Join(valid.room, valid.since)
+    else:
+        msg = Leave(valid.room)
+    for name, value in zip(msg._fields, msg, strict=True):
         if value is not None and has_bad_chars(value):
             raise ProtocolError(
                 ErrorCode.BAD_MESSAGE, f"{name}: invalid characters", _cid_of(obj) or ref
@@ -156,7 +228,7 @@ def decode(raw: str) -> Join | Leave | Chat:
 
 def _cid_of(obj: dict[str, Any]) -> str | None:
     cid = obj.get("cid")
-    return cid if isinstance(cid, str) and len(cid) <= 64 and not has_bad_chars(cid) else None
+    return cid if isinstance(cid, str) and len(cid) <= MAX_ID and not has_bad_chars(cid) else None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -202,7 +274,7 @@ class ChatOut(TypedDict, total=False):
 
 def encode(message: dict[str, Any] | Any) -> bytes:
     """Serialise one outbound message: compact UTF-8 JSON, never NaN."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(message).encode()
 
 
 def welcome(user_id: str, name: str, node: str) -> bytes:

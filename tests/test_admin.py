@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gochat.app import create_app
 from gochat.brokers.memory import MemoryBroker
@@ -19,7 +20,7 @@ from gochat.console import WATCH_TTL
 from gochat.console_auth import COOKIE_NAME, ConsoleAuth, LoginThrottle
 from gochat.events import EventFilter, Feed
 from gochat.keys import CONSOLE, HUB, TAP
-from gochat.metrics import message_ts_ms
+from gochat.metrics import LATENCY_BUCKETS, LatencyHistogram, message_ts_ms
 
 from .conftest import MakeChat, make_settings
 from .util import TIMEOUT, connect, expect_close, join, recv_type, until
@@ -566,6 +567,20 @@ def test_message_ts_parsing() -> None:
     )
     assert message_ts_ms(wire) == 1732740000123
     assert message_ts_ms(b'{"type":"chat"}') is None
+
+
+def test_latency_histogram_renders_as_prometheus_client_does() -> None:
+    """The fan-out histogram is hand-rolled for speed; its exposition must match the
+    library's (but for the `_created` sample, which ours does not have)."""
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("h_seconds", "doc", buckets=LATENCY_BUCKETS, registry=theirs)
+    mine = LatencyHistogram("h_seconds", "doc", LATENCY_BUCKETS)
+    ours.register(mine)
+    for seconds in (0.0, 0.001, 0.0011, 0.3, 2.5, 7.0):
+        reference.observe(seconds)
+        mine.observe(seconds)
+    expected = [x for x in generate_latest(theirs).decode().splitlines() if "_created" not in x]
+    assert generate_latest(ours).decode().splitlines() == expected
 
 
 async def test_shutdown_closes_console_streams_with_1001(admin: Client) -> None:

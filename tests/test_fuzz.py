@@ -15,6 +15,7 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gochat import protocol
 from gochat.protocol import ErrorCode, ProtocolError, decode
 
 from .conftest import MakeChat
@@ -38,6 +39,7 @@ messages = st.fixed_dictionaries(
         "text": st.one_of(st.text(max_size=50), json_values),
         "cid": st.one_of(st.text(max_size=70), json_values),
         "since": st.one_of(st.text(max_size=20), json_values),
+        "extra": json_values,
     },
 )
 raw_frames = st.one_of(
@@ -88,7 +90,40 @@ def test_decoder_refuses_with_contract_codes_only(raw: str) -> None:
     except ProtocolError as err:
         assert err.code.value in CODES
         return
-    _valid_output(msg.model_dump())
+    _valid_output(msg._asdict())
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw_frames)
+def test_fast_path_accepts_only_what_the_schema_accepts(raw: str) -> None:
+    """decode() takes a shortcut for well-formed flat frames; whatever it accepts that way,
+    the full pydantic path must accept too, with the same values."""
+    try:
+        obj = json.loads(raw, parse_constant=lambda c: 1 / 0)
+    except (ValueError, RecursionError, ZeroDivisionError):
+        return
+    if not isinstance(obj, dict) or obj.get("type") not in protocol.KNOWN_TYPES:
+        return
+    fast = protocol._fast(obj["type"], obj)
+    if fast is None:
+        return
+    assert protocol._full(obj, obj["type"]) == fast
+    assert type(protocol._full(obj, obj["type"])) is type(fast)
+
+
+def test_fast_path_takes_the_common_frames() -> None:
+    """The shortcut must actually be taken, or it is dead weight."""
+    assert protocol._fast("chat", {"type": "chat", "room": "r", "text": "hi", "cid": "1"})
+    assert protocol._fast("join", {"type": "join", "room": "r", "since": None, "x": "y"})
+    assert protocol._fast("leave", {"type": "leave", "room": "r"}) == protocol.Leave("r")
+    for refused in (
+        {"type": "chat", "room": "r"},
+        {"type": "chat", "room": "r", "text": 5},
+        {"type": "chat", "room": "r", "text": "x", "cid": "c" * 65},
+        {"type": "join", "room": "r", "since": "\u202e"},
+        {"type": "leave", "room": "r", "x": [1]},
+    ):
+        assert protocol._fast(refused["type"], refused) is None, refused
 
 
 @settings(
