@@ -1,12 +1,17 @@
 """Turn the JSON lines of bench/run.py into the Markdown tables of docs/performance.md.
 
 python bench/run.py --out results.jsonl && python bench/report.py results.jsonl
+
+When a run was repeated (`bench/run.py --repeat N`, or several files), each table shows the
+median of every figure over the repeats, with the number of runs; a ratio is the median of
+the ratios measured pair by pair (each pair back to back), not a ratio of medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,6 +40,51 @@ def _fmt(val: Any) -> str:
     return str(val)
 
 
+def _median_of(values: list[Any]) -> Any:
+    """The median of numbers (dicts: field by field); for anything else, the first value."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if all(isinstance(v, dict) for v in present):
+        keys = dict.fromkeys(k for v in present for k in v)
+        return {k: _median_of([v.get(k) for v in present]) for k in keys}
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        m = statistics.median(present)
+        if all(isinstance(v, int) for v in present) and float(m).is_integer():
+            return int(m)
+        return round(float(m), 4)
+    if all(isinstance(v, bool) for v in present):
+        return sum(present) * 2 > len(present)  # a flag set in most runs
+    return present[0]
+
+
+def _group_key(row: Row) -> tuple[Any, ...]:
+    return (row.get("kind"), row.get("scenario"), row.get("server"), row.get("a"), row.get("rate"))
+
+
+def medians(rows: Iterable[Row]) -> list[Row]:
+    """One row per (kind, scenario, server or pair, rate): the median of each figure over
+    its repeats, in first-seen order, with `runs` (how many) and, for µs per delivery, the
+    lowest and highest seen. Rows other than results and ratios are left out."""
+    groups: dict[tuple[Any, ...], list[Row]] = {}
+    for r in rows:
+        if r.get("kind") in ("result", "ratio"):
+            groups.setdefault(_group_key(r), []).append(r)
+    out = []
+    for same in groups.values():
+        keys = dict.fromkeys(k for r in same for k in r if k != "round")
+        row = {k: _median_of([r.get(k) for r in same]) for k in keys}
+        row["runs"] = len(same)
+        us = [r["us_per_delivery"] for r in same if r.get("us_per_delivery") is not None]
+        if len(us) > 1:
+            row["us_per_delivery_range"] = [min(us), max(us)]
+        noisy = sum(bool(r.get("noisy")) for r in same)
+        row["noisy"] = noisy * 2 > len(same)
+        row["noisy_runs"] = noisy
+        out.append(row)
+    return out
+
+
 def _pct(key: str) -> Callable[[Row], str]:
     return lambda r: "–" if _get(r, key) is None else f"{100 * _get(r, key):.0f}%"
 
@@ -43,7 +93,9 @@ def _flags(row: Row) -> str:
     out = []
     if row.get("loadgen_saturated"):
         out.append("loadgen saturated")
-    if row.get("noisy"):
+    if row.get("noisy_runs"):
+        out.append(f"noisy machine in {row['noisy_runs']} of {row['runs']} runs")
+    elif row.get("noisy"):
         out.append("noisy machine")
     if row.get("drained") is False:
         out.append("not drained")
@@ -121,9 +173,15 @@ STORM: list[Column] = [
 ]
 
 
+def _runs(row: Row) -> str:
+    return str(row.get("runs", 1))
+
+
 def render(rows: list[Row]) -> str:
-    results = [r for r in rows if r.get("kind") == "result"]
-    ratios = [r for r in rows if r.get("kind") == "ratio"]
+    collapsed = medians(rows)
+    repeated = any(r["runs"] > 1 for r in collapsed)
+    results = [r for r in collapsed if r.get("kind") == "result"]
+    ratios = [r for r in collapsed if r.get("kind") == "ratio"]
     machine = next((r for r in rows if r.get("kind") == "machine"), None)
 
     def of(sc: str) -> list[Row]:
@@ -147,14 +205,27 @@ def render(rows: list[Row]) -> str:
             )
             + f"; {machine.get('time')}.\n"
         )
-    out += ["### S1 fan-out: 1 room × 1000 clients\n", table(of("S1"), FANOUT)]
-    out += ["Ratios (a / b):\n", table(ratios_of("S1"), RATIOS)]
-    out += ["### S2 many rooms: 200 rooms × 10 clients, all publish\n", table(of("S2"), FANOUT)]
-    out += [table(ratios_of("S2"), RATIOS)]
-    out += ["### S3 idle memory: 5,000 connections in 500 rooms\n", table(of("S3"), IDLE)]
-    out += ["### S4 two gochat nodes through Redis\n", table(of("S4"), FANOUT)]
-    out += [table(ratios_of("S4"), RATIOS)]
-    out += ["### S5 join storm: 1,000 clients join one room within 1 s\n", table(of("S5"), STORM)]
+    fanout, ratio_cols, idle, storm = FANOUT, RATIOS, IDLE, STORM
+    if repeated:
+        out.append(
+            "Every figure is the median over its runs (column `runs`); a ratio is the median "
+            "of the ratios of runs measured back to back.\n"
+        )
+        runs: Column = ("runs", _runs)
+        spread: Column = (
+            "µs/delivery min–max",
+            lambda r: "–".join(_fmt(x) for x in r.get("us_per_delivery_range") or []) or "–",
+        )
+        fanout = [*FANOUT[:-1], spread, runs, FANOUT[-1]]
+        ratio_cols, idle, storm = [*RATIOS, runs], [*IDLE[:-1], runs, IDLE[-1]], [*STORM, runs]
+    out += ["### S1 fan-out: 1 room × 1000 clients\n", table(of("S1"), fanout)]
+    out += ["Ratios (a / b):\n", table(ratios_of("S1"), ratio_cols)]
+    out += ["### S2 many rooms: 200 rooms × 10 clients, all publish\n", table(of("S2"), fanout)]
+    out += [table(ratios_of("S2"), ratio_cols)]
+    out += ["### S3 idle memory: 5,000 connections in 500 rooms\n", table(of("S3"), idle)]
+    out += ["### S4 two gochat nodes through Redis\n", table(of("S4"), fanout)]
+    out += [table(ratios_of("S4"), ratio_cols)]
+    out += ["### S5 join storm: 1,000 clients join one room within 1 s\n", table(of("S5"), storm)]
     return "\n".join(out)
 
 

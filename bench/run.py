@@ -2,6 +2,7 @@
 
     python bench/run.py                                   # everything (`make bench`)
     python bench/run.py --scenario S1 --rates 50,400 --duration 5 --servers gochat,naive
+    python bench/run.py --repeat 3                        # each run 3 times: medians
     python bench/run.py --check                           # the short correctness run
 
 Scenarios (1000 clients in one room unless said; 64-byte texts):
@@ -16,6 +17,8 @@ it, pinned to core 0; this process (the load generator) pins itself to core 1. L
   {"kind": "machine", ...}  once, first: what ran where
   {"kind": "result", "scenario", "server", ...}  one per (scenario, server, rate)
   {"kind": "ratio", "scenario", "a", "b", ...}  a/b of the main figures of two results
+  {"kind": "median", ...}, {"kind": "median_ratio", ...}  with --repeat: at the end, the
+      median of each result and ratio over the rounds (ratios are taken pair by pair)
 docs/performance.md explains the fields and shows the figures.
 """
 
@@ -638,6 +641,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="run again, up to N times, a run that other work on the machine skewed",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every scenario N times, round after round; the tables show medians",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and load generator")
     p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--quiet", action="store_true", help="no summary tables on stderr at the end")
@@ -709,8 +719,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         emit(machine_line(o))
         t0 = time.monotonic()
+        failures = 0
         try:
-            failures = asyncio.run(bench(o, emit))
+            for n in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    log(f"round {n} of {args.repeat}")
+                tag = {"round": n} if args.repeat > 1 else {}
+                failures += asyncio.run(bench(o, lambda line, tag=tag: emit(line | tag)))
+            if args.repeat > 1:
+                for row in report.medians(lines):
+                    emit(row | {"kind": "median" if row["kind"] == "result" else "median_ratio"})
         finally:
             if out is not None:
                 out.close()
