@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from gochat.brokers import redis as redis_broker
+from gochat.brokers.base import BrokerUnavailable, chat_suffix
 from gochat.events import Event
 from gochat.keys import BROKER, TAP
 
@@ -427,3 +428,68 @@ async def test_join_storm_queues_for_redis_connections(
         assert await node.app[BROKER].members("storm") == [{"userId": "watcher", "name": "watcher"}]
         for ws in socks:
             await ws.close()
+
+
+async def test_publishes_waiting_for_a_round_trip_share_the_next(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    """Group commit: of many chat messages published on a node at once, the first goes to
+    Redis alone and the rest together in one pipeline as soon as it is back: two round trips.
+    Every publisher gets its own id, the ids follow the order of the calls, each message
+    reaches a member on another node once, and it survives Redis losing its scripts."""
+    a, b = await nodes(make_chat, redis_server, "a", "b")
+    watcher, _ = await connect(b, "w")
+    await join(watcher, "r")
+    await join(watcher, "s")
+    broker = a.app[BROKER]
+    assert isinstance(broker, redis_broker.RedisBroker)
+    fields = {"room": "r", "userId": "u", "name": "u", "ts": 1}
+
+    async def burst(tag: str, n: int) -> list[str]:
+        calls = [
+            broker.publish(room, chat_suffix(fields | {"room": room, "text": f"{tag}{i}"}))
+            for i in range(n)
+            for room in ("r", "s")
+        ]
+        before = broker.publish_round_trips
+        ids = await asyncio.gather(*calls)
+        assert broker.publish_round_trips == before + 2
+        return ids
+
+    ids = await burst("x", 50)
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await r.script_flush()  # as after a Redis restart: NOSCRIPT, load, send again
+    finally:
+        await r.aclose()
+    ids += await burst("y", 50)
+    for first in (0, 1):  # calls alternate between r and s; each room has its own stream
+        as_pairs = [tuple(int(x) for x in i.split("-")) for i in ids[first::2]]
+        assert len(set(as_pairs)) == 100 and as_pairs == sorted(as_pairs)
+    got = [await recv_type(watcher, "chat") for _ in range(200)]
+    for room in ("r", "s"):
+        texts = [m["text"] for m in got if m["room"] == room]
+        assert texts == [f"x{i}" for i in range(50)] + [f"y{i}" for i in range(50)]
+    await nothing_more(watcher)
+
+
+async def test_a_refused_batch_answers_every_publisher(
+    redis_server: RedisServer, make_chat: Any
+) -> None:
+    """Redis refusing the writes of a batch (out of memory) answers each of its publishers
+    with BrokerUnavailable; the next batch goes through."""
+    (a,) = await nodes(make_chat, redis_server, "a")
+    broker = a.app[BROKER]
+    suffix = chat_suffix({"room": "r", "userId": "u", "name": "u", "text": "t", "ts": 1})
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await r.config_set("maxmemory-policy", "noeviction")
+        await r.config_set("maxmemory", 1)
+        outcomes = await asyncio.gather(
+            *(broker.publish("r", suffix) for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(o, BrokerUnavailable) for o in outcomes), outcomes
+        await r.config_set("maxmemory", 0)
+    finally:
+        await r.aclose()
+    assert len(set(await asyncio.gather(*(broker.publish("r", suffix) for _ in range(20))))) == 20

@@ -30,7 +30,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Settings
@@ -141,6 +141,12 @@ class RedisBroker(Broker):
         self._first_attempt = asyncio.Event()
         self._stopped = False
         self._scripts: dict[str, Any] = {}
+        # Group commit of chat messages: while one publish round trip is on its way, the
+        # next publishes wait here and then go together in one pipeline (see publish).
+        self._publishing = False
+        self._outgoing: list[tuple[str, bytes, asyncio.Future[bytes]]] = []
+        self._batches: set[asyncio.Task[None]] = set()
+        self.publish_round_trips = 0
 
     # --- names -----------------------------------------------------------------------------
 
@@ -203,6 +209,9 @@ class RedisBroker(Broker):
         self._stopped = True
         await _cancel_all(self._tasks)
         self._tasks = []
+        if self._batches:  # chat messages on their way: let them land, within the timeout
+            await asyncio.wait(set(self._batches), timeout=COMMAND_TIMEOUT + 1)
+            await _cancel_all(list(self._batches))
         await self._drop_subscriber()
         if self._redis is not None:
             try:
@@ -530,20 +539,96 @@ class RedisBroker(Broker):
             log.debug("unsubscribe %s: %s", room, exc)
 
     async def publish(self, room: str, suffix: bytes) -> str:
+        """Run the publish script (XADD + PUBLISH) for one chat message; returns its id.
+
+        Group commit: when no publish is on its way to Redis, this one goes at once, in the
+        caller's task, at no extra cost. While one is, the next publishes queue up and then
+        go together in one pipeline, one write and one read for all of them, so many
+        publishers on one node cost Redis and the node a round trip per batch, not per
+        message. Order is unchanged: a client has at most one publish pending (its reader
+        awaits it), and a room's order is the order in which Redis runs the scripts.
+        """
         self._client_or_raise()
-        size = self.history_size
-        with self._unavailable_on_error("publish"):
-            msg_id: bytes = await self._scripts["publish"](
-                keys=[self._key("history:", room)],
-                args=[
-                    "~" if size else "=",
-                    size,
-                    suffix,
-                    self._room_channel(room),
-                    CHAT_PREFIX,
-                ],
-            )
+        if self._publishing:
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._outgoing.append((room, suffix, fut))
+            with self._unavailable_on_error("publish"):
+                queued = await fut
+            return queued.decode()
+        self._publishing = True
+        self.publish_round_trips += 1
+        try:
+            with self._unavailable_on_error("publish"):
+                msg_id: bytes = await self._scripts["publish"](
+                    keys=[self._key("history:", room)], args=self._publish_args(room, suffix)
+                )
+        finally:
+            self._publishing = False
+            self._send_outgoing()
         return msg_id.decode()
+
+    def _send_outgoing(self) -> None:
+        """Send what queued up while a round trip was on its way, as one batch."""
+        if not self._outgoing:
+            return
+        batch, self._outgoing = self._outgoing, []
+        self._publishing = True
+        self.publish_round_trips += 1
+        task = asyncio.get_running_loop().create_task(self._publish_batch(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _publish_batch(self, batch: list[tuple[str, bytes, asyncio.Future[bytes]]]) -> None:
+        """Publish a batch in one pipeline; hand each publisher its id or its error."""
+        try:
+            if self._stopped:
+                raise BrokerUnavailable("stopped")
+            results = await self._pipeline_publish(batch)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else RedisConnectionError("stopped")
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._publishing = False
+            self._send_outgoing()
+        for (_, _, fut), result in zip(batch, results, strict=True):
+            if fut.done():  # its publisher was cancelled meanwhile
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def _pipeline_publish(
+        self, batch: list[tuple[str, bytes, asyncio.Future[bytes]]]
+    ) -> list[Any]:
+        assert self._redis is not None
+        script = self._scripts["publish"]
+        results: list[Any] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for attempt in (1, 2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    room, suffix, _ = batch[i]
+                    key = self._key("history:", room)
+                    pipe.evalsha(script.sha, 1, key, *self._publish_args(room, suffix))
+                answers = await pipe.execute(raise_on_error=False)
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+            # Redis lost its script cache (a restart, SCRIPT FLUSH): load it, send those again
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo or attempt == 2:
+                break
+            await self._redis.script_load(script.script)
+        return results
+
+    def _publish_args(self, room: str, suffix: bytes) -> list[Any]:
+        size = self.history_size
+        return ["~" if size else "=", size, suffix, self._room_channel(room), CHAT_PREFIX]
 
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
         r = self._client_or_raise()

@@ -1,0 +1,123 @@
+"""What group commit of publishes buys: many publishers on one node, through Redis.
+
+    .venv/bin/python bench/redis_publish.py [publishers] [messages each] [rounds]
+
+Starts a private redis-server on a free port (persistence off) and one RedisBroker in this
+process. `publishers` coroutines each publish `messages` chat messages one after another,
+each awaiting its id, as a client's reader does; first through `publish` (at most one
+round trip in flight, the others queued for the next: group commit), then, for comparison
+in the same run, through the publish script one call per message (what `publish` did
+before). Prints, per round and as medians: messages per second, this process's CPU µs per
+message, and Redis's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import redis
+
+from gochat.brokers.base import chat_suffix
+from gochat.brokers.redis import RedisBroker
+from gochat.config import Settings
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in (6379, 8080):
+            return port
+
+
+def own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def redis_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+async def measure(
+    publish: Callable[[str, bytes], Awaitable[object]], publishers: int, messages: int, rpid: int
+) -> tuple[float, float, float]:
+    async def one(p: int) -> None:
+        suffix = chat_suffix({"room": f"r{p}", "userId": "u", "name": "u", "text": "x" * 64})
+        for _ in range(messages):
+            await publish(f"r{p % 200}", suffix)
+
+    t0, c0, r0 = time.perf_counter(), own_cpu(), redis_cpu(rpid)
+    await asyncio.gather(*(one(p) for p in range(publishers)))
+    n = publishers * messages
+    wall, cpu, rcpu = time.perf_counter() - t0, own_cpu() - c0, redis_cpu(rpid) - r0
+    return n / wall, cpu / n * 1e6, rcpu / n * 1e6
+
+
+async def main(publishers: int, messages: int, rounds: int) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                redis.Redis(port=port).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        settings = Settings(node_id="bench", redis_url=f"redis://127.0.0.1:{port}")
+        broker = RedisBroker(settings)
+        await broker.start()
+        assert broker.ready, broker.reason
+
+        async def unbatched(room: str, suffix: bytes) -> object:
+            script = broker._scripts["publish"]
+            key = broker._key("history:", room)
+            return await script(keys=[key], args=broker._publish_args(room, suffix))
+
+        results: dict[str, list[tuple[float, float, float]]] = {"batched": [], "per message": []}
+        for r in range(rounds):
+            for name, fn in (("batched", broker.publish), ("per message", unbatched)):
+                trips = broker.publish_round_trips
+                rate, us, rus = await measure(fn, publishers, messages, server.pid)
+                results[name].append((rate, us, rus))
+                per_batch = publishers * messages / max(1, broker.publish_round_trips - trips)
+                extra = f", {per_batch:.1f} messages per round trip" if name == "batched" else ""
+                print(
+                    f"round {r + 1} {name:12s} {rate:9,.0f} msg/s  node {us:6.1f} µs/msg  "
+                    f"redis {rus:5.1f} µs/msg{extra}"
+                )
+        med = {
+            k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()
+        }
+        b, p = med["batched"], med["per message"]
+        print(
+            f"median of {rounds}: batched {b[0]:,.0f} msg/s, node {b[1]:.1f} µs/msg, redis "
+            f"{b[2]:.1f} µs/msg; per message {p[0]:,.0f} msg/s, node {p[1]:.1f} µs/msg, "
+            f"redis {p[2]:.1f} µs/msg; node CPU ratio {b[1] / p[1]:.2f}, "
+            f"redis CPU ratio {b[2] / p[2]:.2f}"
+        )
+        await broker.stop()
+    finally:
+        server.kill()
+        server.wait()
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]]
+    asyncio.run(main(*(args + [200, 50, 3][len(args) :])))
