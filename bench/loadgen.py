@@ -174,9 +174,14 @@ def _walk(buf: bytes | bytearray) -> tuple[int, int, bool]:
 
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process, in seconds, from /proc/<pid>/stat."""
+    return sum(proc_user_sys_s(pid))
+
+
+def proc_user_sys_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # fields 14 and 15 of stat(5)
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK  # fields 14, 15 of stat(5)
 
 
 def proc_rss_kb(pid: int) -> int:
@@ -775,6 +780,7 @@ class Window:
         self.sent_at: list[int] = []
         self.chats: list[int] = []
         self.server_cpu: list[float] = []
+        self.server_sys: list[float] = []
         self.aux_cpu: list[dict[str, float]] = []
         self.self_cpu: list[float] = []
         self.busy: list[float] = []
@@ -788,6 +794,7 @@ class Window:
         self.sent_at.append(self.sent)
         self.chats.append(sum(c.chats for c in self.run.clients))
         self.server_cpu.append(_cpu(self.pids))
+        self.server_sys.append(sum(proc_user_sys_s(p)[1] for p in self.pids))
         self.aux_cpu.append({k: proc_cpu_s(p) for k, p in self.aux.items()})
         self.self_cpu.append(self_cpu_s())
 
@@ -818,6 +825,7 @@ class Window:
         offered = self.sent_at[1] - self.sent_at[0]
         deliveries = self.chats[1] - self.chats[0]
         cpu = self.server_cpu[1] - self.server_cpu[0]
+        sys_s = self.server_sys[1] - self.server_sys[0]
         own = self.self_cpu[1] - self.self_cpu[0]
         lags = sorted(self.lags)
         out: dict[str, Any] = {
@@ -829,6 +837,8 @@ class Window:
             "server_cpu_s": _r(cpu, 2),
             "server_cpu_util": _r(cpu / wall),
             "us_per_delivery": _r(cpu / deliveries * 1e6, 2) if deliveries else None,
+            # the kernel's part of it (system time: sends, and the receiver's TCP path they run)
+            "server_sys_share": _r(sys_s / cpu) if cpu else None,
         }
         aux = 0.0
         for k in self.aux:

@@ -98,6 +98,12 @@ class HubCollector(Collector):
             value=hub.outbox.frames,
         )
         yield CounterMetricFamily(
+            "gochat_socket_writes",
+            "Socket writes that carried those frames (one per client per tick: frames per "
+            "write above 1 means coalescing)",
+            value=hub.outbox.writes,
+        )
+        yield CounterMetricFamily(
             "gochat_messages_published",
             "Chat messages published by clients of this node",
             value=counters["published"],

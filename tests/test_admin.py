@@ -544,6 +544,8 @@ async def test_metrics(make_chat: MakeChat) -> None:
     assert metric(text, "gochat_rooms") == 1
     assert metric(text, "gochat_messages_in_total") == 5
     assert metric(text, "gochat_messages_out_total") >= 6
+    writes = metric(text, "gochat_socket_writes_total")
+    assert 1 <= writes <= metric(text, "gochat_messages_out_total")
     assert metric(text, "gochat_messages_published_total") == 3
     assert metric(text, 'gochat_errors_total{code="bad_json"}') == 1
     assert metric(text, "gochat_slow_consumer_closes_total") == 0
