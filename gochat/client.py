@@ -25,6 +25,7 @@ class Client:
         "connected_at",
         "msgs_in",
         "msgs_out",
+        "unconfirmed",
         "allowed_rooms",
         "_tokens",
         "_tokens_at",
@@ -54,6 +55,7 @@ class Client:
         self.connected_at = time.time()
         self.msgs_in = 0
         self.msgs_out = 0
+        self.unconfirmed = 0  # chat messages handed to the broker, not yet published
         self.allowed_rooms = allowed_rooms  # from a token's `rooms` claim; None: any room
         self._tokens = -1.0  # token bucket, filled on first use
         self._tokens_at = 0.0

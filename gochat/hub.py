@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -39,6 +40,8 @@ Buffered = tuple[int, bytes, bytes]
 
 # How the wire JSON of each envelope kind starts (see Hub.deliver)
 WIRE_PREFIX = {CHAT: CHAT_PREFIX, PRESENCE: PRESENCE_PREFIX}
+# Chat messages of one client the broker may hold unconfirmed before its reader waits
+MAX_IN_FLIGHT = 64
 BAD_ENVELOPE_LOG_EVERY = 1000  # after the first, log one malformed message in this many
 
 
@@ -292,8 +295,16 @@ class Hub:
 
     # --- messages ------------------------------------------------------------------------
 
-    async def say(self, client: Client, room: str, text: str, cid: str | None = None) -> str:
-        """Publish a chat message from `client` to `room`; returns its id."""
+    async def say(self, client: Client, room: str, text: str, cid: str | None = None) -> None:
+        """Publish a chat message from `client` to `room`.
+
+        It returns once the broker has the message, not once it is published: the reader
+        goes on with the client's next frame meanwhile (the broker keeps the order), so a
+        client's burst reaches Redis as one batch and every node as one burst, which the
+        Outbox coalesces. An `unavailable` answer comes when the broker gives up on it. A
+        client with MAX_IN_FLIGHT messages unconfirmed waits for this one before its next
+        frame is read.
+        """
         ref = cid if cid is not None else "chat"
         check_room(room, ref)
         text = text.strip()
@@ -316,12 +327,36 @@ class Hub:
             fields["cid"] = cid
         suffix = chat_suffix(fields)  # serialised once: the broker and the tap share it
         try:
-            msg_id = await self.broker.publish(room, suffix)
+            pending = self.broker.submit(room, suffix)
         except BrokerUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref) from None
+        if pending.done():  # the in-memory broker: published already
+            self._published(client, room, suffix, ref, pending)
+            return
+        client.unconfirmed += 1
+        pending.add_done_callback(functools.partial(self._confirmed, client, room, suffix, ref))
+        if client.unconfirmed > MAX_IN_FLIGHT:
+            await asyncio.wait((pending,))
+
+    def _confirmed(
+        self, client: Client, room: str, suffix: bytes, ref: str, done: asyncio.Future[bytes]
+    ) -> None:
+        client.unconfirmed -= 1
+        self._published(client, room, suffix, ref, done)
+
+    def _published(
+        self, client: Client, room: str, suffix: bytes, ref: str, done: asyncio.Future[bytes]
+    ) -> None:
+        """The broker is done with a chat message of `client`: count it, or answer the error."""
+        exc = done.exception() if not done.cancelled() else BrokerUnavailable("cancelled")
+        if exc is not None:
+            self.send_error(
+                client, ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref)
+            )
+            return
         self.counters["published"] += 1
         if self.tap.active:  # here, not in deliver: once per message, with the sender's address
-            wire = CHAT_PREFIX + msg_id.encode() + suffix
+            wire = CHAT_PREFIX + done.result() + suffix
             self.tap.emit(
                 "PUBLISH",
                 client.remote,
@@ -331,7 +366,6 @@ class Hub:
                 user=client.user_id,
                 conn=client.id,
             )
-        return msg_id
 
     def deliver(self, room: str, envelope: bytes) -> bool:
         """Broker callback: hand one room message to every local member, framed once.

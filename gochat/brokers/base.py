@@ -12,6 +12,7 @@ reads the key without decoding the JSON, so each message is decoded at most once
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -155,10 +156,20 @@ class Broker(ABC):
         """Stop receiving `room` (called when its last local member leaves)."""
 
     @abstractmethod
+    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
+        """Start publishing a chat message: give it an id, append it to the room's history
+        and deliver it to every subscribed node, atomically. `suffix` is the message
+        serialised once without `type` and `id` (`chat_suffix(fields)`): wire =
+        CHAT_PREFIX + id + suffix. The future gets the id, or BrokerUnavailable; this raises
+        BrokerUnavailable at once when the broker cannot take requests.
+
+        Messages submitted one after another by this node are published in that order, so
+        a client's messages keep theirs although its reader does not wait for each.
+        """
+
     async def publish(self, room: str, suffix: bytes) -> str:
-        """Give a chat message an id, append it to the room's history and deliver it to
-        every subscribed node, atomically; return the id. `suffix` is the message serialised
-        once without `type` and `id` (`chat_suffix(fields)`): wire = CHAT_PREFIX + id + suffix."""
+        """`submit` and wait: the message's id."""
+        return (await self.submit(room, suffix)).decode()
 
     @abstractmethod
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 
@@ -83,16 +84,18 @@ class MemoryBroker(Broker):
         if not self.ready:
             raise BrokerUnavailable(f"broker {self.reason}")
 
-    async def publish(self, room: str, suffix: bytes) -> str:
+    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
+        # done before it returns: delivered synchronously, in submission order
         self._check()
         r = self._room(room)
-        msg_id = self._next_id(r)
-        bid = msg_id.encode()
+        bid = self._next_id(r).encode()
         wire = CHAT_PREFIX + bid + suffix
         if self.history_size:
             r.history.append((bid, wire))
         self._deliver(room, chat_envelope(bid, wire))
-        return msg_id
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        done.set_result(bid)
+        return done
 
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
         r = self._rooms.get(room)

@@ -142,8 +142,9 @@ class RedisBroker(Broker):
         self._stopped = False
         self._scripts: dict[str, Any] = {}
         # Group commit of chat messages: while one publish round trip is on its way, the
-        # next publishes wait here and then go together in one pipeline (see publish).
+        # next messages wait here and then go together in one pipeline (see submit).
         self._publishing = False
+        self._send_scheduled = False
         self._outgoing: list[tuple[str, bytes, asyncio.Future[bytes]]] = []
         self._batches: set[asyncio.Task[None]] = set()
         self.publish_round_trips = 0
@@ -538,38 +539,31 @@ class RedisBroker(Broker):
         except FAILURES as exc:
             log.debug("unsubscribe %s: %s", room, exc)
 
-    async def publish(self, room: str, suffix: bytes) -> str:
-        """Run the publish script (XADD + PUBLISH) for one chat message; returns its id.
+    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
+        """Queue a chat message for the publish script (XADD + PUBLISH); see Broker.submit.
 
-        Group commit: when no publish is on its way to Redis, this one goes at once, in the
-        caller's task, at no extra cost. While one is, the next publishes queue up and then
-        go together in one pipeline, one write and one read for all of them, so many
-        publishers on one node cost Redis and the node a round trip per batch, not per
-        message. Order is unchanged: a client has at most one publish pending (its reader
-        awaits it), and a room's order is the order in which Redis runs the scripts.
+        Group commit: what is submitted in one tick goes in one round trip, and while a
+        round trip is on its way, what is submitted meanwhile waits and then goes together
+        in the next: a pipeline of the script, one write and one read for all of them. So a
+        client that sends faster than a round trip (its reader does not wait for each), or
+        many publishers on one node, cost Redis and the node a round trip per batch rather
+        than per message, and the nodes receive those messages in bursts they coalesce.
+        Order is kept: batches go one at a time, in order, and Redis runs a pipeline's
+        scripts in order; a room's order is the order in which Redis runs them.
         """
         self._client_or_raise()
-        if self._publishing:
-            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            self._outgoing.append((room, suffix, fut))
-            with self._unavailable_on_error("publish"):
-                queued = await fut
-            return queued.decode()
-        self._publishing = True
-        self.publish_round_trips += 1
-        try:
-            with self._unavailable_on_error("publish"):
-                msg_id: bytes = await self._scripts["publish"](
-                    keys=[self._key("history:", room)], args=self._publish_args(room, suffix)
-                )
-        finally:
-            self._publishing = False
-            self._send_outgoing()
-        return msg_id.decode()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._outgoing.append((room, suffix, fut))
+        if not self._publishing and not self._send_scheduled:
+            self._send_scheduled = True
+            loop.call_soon(self._send_outgoing)
+        return fut
 
     def _send_outgoing(self) -> None:
-        """Send what queued up while a round trip was on its way, as one batch."""
-        if not self._outgoing:
+        """Send what queued up as one batch, unless a round trip is still on its way."""
+        self._send_scheduled = False
+        if self._publishing or not self._outgoing:
             return
         batch, self._outgoing = self._outgoing, []
         self._publishing = True
@@ -579,13 +573,21 @@ class RedisBroker(Broker):
         task.add_done_callback(self._batches.discard)
 
     async def _publish_batch(self, batch: list[tuple[str, bytes, asyncio.Future[bytes]]]) -> None:
-        """Publish a batch in one pipeline; hand each publisher its id or its error."""
+        """Publish a batch in one round trip; hand each message its id or its error."""
         try:
             if self._stopped:
                 raise BrokerUnavailable("stopped")
-            results = await self._pipeline_publish(batch)
+            if len(batch) == 1:
+                room, suffix, _ = batch[0]
+                results: list[Any] = [
+                    await self._scripts["publish"](
+                        keys=[self._key("history:", room)], args=self._publish_args(room, suffix)
+                    )
+                ]
+            else:
+                results = await self._pipeline_publish(batch)
         except BaseException as exc:
-            failure = exc if isinstance(exc, Exception) else RedisConnectionError("stopped")
+            failure = self._unavailable(exc)
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(failure)
@@ -596,12 +598,27 @@ class RedisBroker(Broker):
             self._publishing = False
             self._send_outgoing()
         for (_, _, fut), result in zip(batch, results, strict=True):
-            if fut.done():  # its publisher was cancelled meanwhile
+            if fut.done():
                 continue
             if isinstance(result, BaseException):
-                fut.set_exception(result)
+                fut.set_exception(self._unavailable(result))
             else:
                 fut.set_result(result)
+
+    def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        """A publish failure as the Hub sees it (what _unavailable_on_error does for the
+        requests that are awaited)."""
+        if isinstance(exc, BrokerUnavailable):
+            return exc
+        if isinstance(exc, UNREACHABLE):
+            err = BrokerUnavailable(_reason(exc))
+        elif isinstance(exc, RedisError):
+            log.error("redis publish failed: %r", exc)
+            err = BrokerUnavailable("redis error in publish")
+        else:
+            err = BrokerUnavailable("stopped")
+        err.__cause__ = exc
+        return err
 
     async def _pipeline_publish(
         self, batch: list[tuple[str, bytes, asyncio.Future[bytes]]]
