@@ -105,6 +105,7 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         timeout=max(settings.shutdown_grace, 1.0),
     )
     await ws.prepare(request)
+    release_http_parser(request)
     transport = request.transport
     client = Client(hub.next_conn_id(), user_id, name, remote, ws, transport, allowed_rooms)
     hub.connect(client)
@@ -152,6 +153,20 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
             # connection's buffers alive until it fires.)
             loop.call_later(max(settings.shutdown_grace, 1.0), abort_if_stuck, transport)
     return ws
+
+
+def release_http_parser(request: web.Request) -> None:
+    """Drop aiohttp's HTTP parser once the upgrade is accepted: ~1.7 KB per connection.
+
+    aiohttp keeps it, with its copy of the upgrade request's header lists and its llhttp
+    state, until the connection is lost, but never reads it again after an accepted upgrade:
+    every use is behind `not _upgraded` or `_payload_parser is None`, and the WebSocket
+    reader (set by `prepare`, which also fed it any bytes after the request) gets the data.
+    An upgrade not yet complete (a request body still to come) keeps its parser.
+    """
+    proto = request.protocol
+    if proto._upgraded and proto._payload_parser is not None:
+        proto._parser = None
 
 
 def close_if_silent(hub: Hub, client: Client, timeout: float) -> None:
