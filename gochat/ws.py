@@ -193,7 +193,10 @@ async def read_loop(
     hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings
 ) -> None:
     rate = settings.rate
-    async for msg in ws:
+    while True:
+        # receive(), not `async for`: one coroutine frame fewer per idle connection (~0.2
+        # KB), and the same exits (CLOSE/CLOSING/CLOSED fall to the last branch)
+        msg = await ws.receive()
         if msg.type is WSMsgType.TEXT:
             client.msgs_in += 1
             if rate:
@@ -215,7 +218,7 @@ async def read_loop(
         elif msg.type is WSMsgType.BINARY:
             await close(hub, client, ws, CloseCode.UNSUPPORTED, "binary frames not supported")
             return
-        else:  # ERROR (e.g. frame too big: aiohttp has closed it with 1009 already)
+        else:  # closed, or ERROR (e.g. frame too big: aiohttp has closed it with 1009 already)
             return
 
 
