@@ -19,7 +19,7 @@ from .auth import AuthError, verify
 from .client import Client
 from .config import Settings
 from .hub import Hub
-from .keys import HUB, SETTINGS
+from .keys import FIRST_FRAME, HUB, SETTINGS
 from .protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -110,13 +110,9 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
     client = Client(hub.next_conn_id(), user_id, name, remote, ws, transport, allowed_rooms)
     hub.connect(client)
     loop = asyncio.get_running_loop()
-    first_frame: asyncio.TimerHandle | None = None
-    if settings.handshake_timeout:
-        # A socket that never says anything holds a slot (and, with a per-IP cap, its
-        # owner's quota) for free: every real client sends `join` right after `welcome`.
-        first_frame = loop.call_later(
-            settings.handshake_timeout, close_if_silent, hub, client, settings.handshake_timeout
-        )
+    watch = request.app.get(FIRST_FRAME)
+    if watch is not None:
+        watch.watch(client)  # close 1008 if it says nothing (firstframe.py)
     expiry: asyncio.TimerHandle | None = None
     if expires is not None:
         expiry = loop.call_at(
@@ -134,9 +130,10 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         log.exception("%s unexpected error", client.id)
         await close(hub, client, ws, CloseCode.INTERNAL, "internal error")
     finally:
-        for timer in (first_frame, expiry):
-            if timer is not None:
-                timer.cancel()
+        if watch is not None:
+            watch.forget(client)
+        if expiry is not None:
+            expiry.cancel()
         if not ws.closed:
             # The peer vanished without a close frame. Closing here also cancels aiohttp's
             # heartbeat timer, which would otherwise keep this connection's buffers alive
@@ -167,12 +164,6 @@ def release_http_parser(request: web.Request) -> None:
     proto = request.protocol
     if proto._upgraded and proto._payload_parser is not None:
         proto._parser = None
-
-
-def close_if_silent(hub: Hub, client: Client, timeout: float) -> None:
-    """Close 1008 a connection that sent no message within its first `timeout` seconds."""
-    if client.msgs_in == 0:
-        hub.drop(client, CloseCode.POLICY, f"no frame within {timeout:g}s")
 
 
 def abort_if_stuck(transport: asyncio.Transport) -> None:
