@@ -87,9 +87,12 @@ async def test_10k_connect_disconnect_cycles_return_to_baseline(chat: TestClient
         assert await broker.members(f"room{r}") == []
 
 
-async def test_upgraded_connection_drops_its_http_parser(chat: TestClient[Any, Any]) -> None:
+async def test_upgraded_connection_drops_its_http_parser_and_queue(
+    chat: TestClient[Any, Any],
+) -> None:
     """An idle WebSocket does not keep aiohttp's HTTP parser (~1.7 KB with the request's
-    header lists), and bytes sent right behind the upgrade request still reach the reader."""
+    header lists) nor its own queue of pipelined requests (~0.76 KB), and bytes sent right
+    behind the upgrade request still reach the reader."""
     reader, writer = await asyncio.open_connection("127.0.0.1", chat.port)
     key = base64.b64encode(os.urandom(16)).decode()
     payload = b'{"type":"join","room":"lobby"}'
@@ -110,5 +113,6 @@ async def test_upgraded_connection_drops_its_http_parser(chat: TestClient[Any, A
         protocol = client.transport.get_protocol()
         assert protocol._upgraded and protocol._payload_parser is not None  # type: ignore[attr-defined]
         assert protocol._parser is None  # type: ignore[attr-defined]
+        assert protocol._messages.maxlen == 0  # type: ignore[attr-defined]  # the shared empty one
     finally:
         writer.close()
