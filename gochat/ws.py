@@ -171,7 +171,14 @@ def release_http_parser(request: web.Request) -> None:
     keeps both.
     """
     proto = request.protocol
-    if proto._upgraded and proto._payload_parser is not None and not proto._messages:
+    # getattr: these are aiohttp's private fields (3.14); if a release renames them, this
+    # does nothing rather than break every connection (tests/test_churn.py then fails)
+    if (
+        getattr(proto, "_upgraded", False)
+        and getattr(proto, "_payload_parser", None) is not None
+        and isinstance(getattr(proto, "_messages", None), deque)
+        and not proto._messages
+    ):
         proto._parser = None
         proto._messages = NO_HTTP_MESSAGES
 
