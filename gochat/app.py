@@ -10,10 +10,13 @@ from aiohttp import web
 from .admin import add_admin
 from .assets import asset_dir
 from .brokers import Broker, create_broker
+from .client import Client
 from .config import Settings
 from .events import EventTap
+from .firstframe import FirstFrameWatch
 from .hub import Hub
-from .keys import BROKER, HUB, SETTINGS, TAP
+from .keys import BROKER, FIRST_FRAME, HUB, SETTINGS, TAP
+from .protocol import CloseCode
 from .ws import chat_ws
 
 STATIC_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\.(?:js|css|svg|png|ico|webmanifest)"
@@ -83,6 +86,20 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
             response.headers.setdefault(key, value)
 
 
+def add_first_frame_watch(app: web.Application, hub: Hub, timeout: float) -> None:
+    """/ws closes 1008 a connection that sends no message within `timeout` of its upgrade."""
+
+    def silent(client: Client) -> None:
+        hub.drop(client, CloseCode.POLICY, f"no frame within {timeout:g}s")
+
+    watch = app[FIRST_FRAME] = FirstFrameWatch(timeout, silent)
+
+    async def stop(app: web.Application) -> None:
+        watch.stop()
+
+    app.on_cleanup.append(stop)
+
+
 def create_app(
     settings: Settings | None = None, *, broker: Broker | None = None
 ) -> web.Application:
@@ -96,7 +113,9 @@ def create_app(
     app[SETTINGS] = settings
     tap = app[TAP] = EventTap(settings.node_id)
     broker = app[BROKER] = broker if broker is not None else create_broker(settings)
-    app[HUB] = Hub(settings, broker, tap)
+    hub = app[HUB] = Hub(settings, broker, tap)
+    if settings.handshake_timeout:
+        add_first_frame_watch(app, hub, settings.handshake_timeout)
 
     app.router.add_get("/ws", chat_ws)
     app.router.add_get("/healthz", healthz)

@@ -8,6 +8,7 @@ from .brokers.base import Broker
 from .config import Settings
 from .console import Console
 from .events import EventTap
+from .firstframe import FirstFrameWatch
 from .hub import Hub
 from .metrics import Metrics
 
@@ -17,3 +18,4 @@ TAP = web.AppKey("tap", EventTap)
 HUB = web.AppKey("hub", Hub)
 CONSOLE = web.AppKey("console", Console)
 METRICS = web.AppKey("metrics", Metrics)
+FIRST_FRAME = web.AppKey("first_frame", FirstFrameWatch)  # absent when the timeout is off

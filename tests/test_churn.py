@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import os
 import resource
+import struct
 from typing import Any
 
 import aiohttp
@@ -83,3 +85,34 @@ async def test_10k_connect_disconnect_cycles_return_to_baseline(chat: TestClient
     broker = chat.app[BROKER]
     for r in range(7):
         assert await broker.members(f"room{r}") == []
+
+
+async def test_upgraded_connection_drops_its_http_parser_and_queue(
+    chat: TestClient[Any, Any],
+) -> None:
+    """An idle WebSocket does not keep aiohttp's HTTP parser (~1.7 KB with the request's
+    header lists) nor its own queue of pipelined requests (~0.76 KB), and bytes sent right
+    behind the upgrade request still reach the reader."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", chat.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    payload = b'{"type":"join","room":"lobby"}'
+    mask = os.urandom(4)
+    frame = struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask
+    frame += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    request = (
+        f"GET /ws?name=eager HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    writer.write(request.encode() + frame)  # the upgrade request and the first frame at once
+    try:
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        hub = chat.app[HUB]
+        await until(lambda: any(c.rooms for c in hub.clients.values()), what="joined")
+        (client,) = hub.clients.values()
+        assert client.transport is not None
+        protocol = client.transport.get_protocol()
+        assert protocol._upgraded and protocol._payload_parser is not None  # type: ignore[attr-defined]
+        assert protocol._parser is None  # type: ignore[attr-defined]
+        assert protocol._messages.maxlen == 0  # type: ignore[attr-defined]  # the shared empty one
+    finally:
+        writer.close()

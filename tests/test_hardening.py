@@ -29,7 +29,7 @@ from gochat.assets import asset_dir
 from gochat.auth import verify
 from gochat.config import OPTIONS
 from gochat.events import LOG_ARG
-from gochat.keys import HUB
+from gochat.keys import FIRST_FRAME, HUB
 
 from .conftest import MakeChat
 from .rawws import RawWS
@@ -98,6 +98,30 @@ async def test_silent_websocket_closed_1008_after_handshake_timeout(make_chat: M
     # a client that spoke in time keeps its connection past the timeout
     await talker.send_json({"type": "chat", "room": "lobby", "text": "still here"})
     assert (await recv_type(talker, "chat"))["text"] == "still here"
+
+
+async def test_first_frame_timeout_outlives_a_departed_neighbour(make_chat: MakeChat) -> None:
+    """One timer serves every connection's first-frame timeout: a connection that leaves
+    is forgotten at once (not held until its deadline), and the one behind it is still
+    closed on time."""
+    chat = await make_chat(handshake_timeout=0.5)
+    watch = chat.app[FIRST_FRAME]
+    gone, _ = await connect(chat, "gone")
+    loop = asyncio.get_running_loop()
+    silent, _ = await connect(chat, "silent")
+    opened = loop.time()
+    assert len(watch) == 2
+    await gone.close()
+    await until(lambda: len(watch) == 1, what="the departed connection forgotten")
+    msg = await silent.receive(timeout=5)
+    elapsed = loop.time() - opened
+    assert (msg.type, msg.data, msg.extra) == (
+        aiohttp.WSMsgType.CLOSE,
+        1008,
+        "no frame within 0.5s",
+    )
+    assert 0.45 <= elapsed < 2.0, elapsed
+    assert len(watch) == 0
 
 
 def drip(port: int, first: bytes, limit: float) -> float:
