@@ -59,7 +59,14 @@ def _median_of(values: list[Any]) -> Any:
 
 
 def _group_key(row: Row) -> tuple[Any, ...]:
-    return (row.get("kind"), row.get("scenario"), row.get("server"), row.get("a"), row.get("rate"))
+    return (
+        row.get("kind"),
+        row.get("scenario"),
+        row.get("server"),
+        row.get("a"),
+        row.get("b"),
+        row.get("rate"),
+    )
 
 
 def medians(rows: Iterable[Row]) -> list[Row]:

@@ -37,3 +37,5 @@ def test_repeated_runs_are_reported_as_medians() -> None:
     assert "round" not in result
     assert ratio["us_per_delivery"] == 0.65 and ratio["runs"] == 3
     assert "median of" in report.render([*runs, *ratios])
+    other = [r | {"b": "S1 naive", "us_per_delivery": 5.0} for r in ratios]
+    assert len(report.medians([*ratios, *other])) == 2  # a / b and a / other b: not mixed
