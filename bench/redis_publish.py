@@ -15,27 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import redis
 
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.run import free_port  # noqa: E402
 from gochat.brokers.base import chat_suffix
-from gochat.brokers.redis import RedisBroker
-from gochat.config import Settings
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port not in (6379, 8080):
-            return port
+from gochat.brokers.redis import RedisBroker  # noqa: E402
+from gochat.config import Settings  # noqa: E402
 
 
 def own_cpu() -> float:
