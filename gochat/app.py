@@ -14,6 +14,7 @@ from .client import Client
 from .config import Settings
 from .events import EventTap
 from .firstframe import FirstFrameWatch
+from .heartbeat import ABNORMAL, PING_FRAME, Heartbeat
 from .hub import Hub
 from .keys import BROKER, FIRST_FRAME, HUB, SETTINGS, TAP
 from .protocol import CloseCode
@@ -100,6 +101,29 @@ def add_first_frame_watch(app: web.Application, hub: Hub, timeout: float) -> Non
     app.on_cleanup.append(stop)
 
 
+def add_heartbeat(app: web.Application, hub: Hub, interval: float) -> None:
+    """Ping quiet connections every `interval` s; abort those that do not answer."""
+
+    def ping(client: Client) -> None:
+        hub.outbox.push(client, PING_FRAME)
+
+    def dead(client: Client) -> None:
+        client.close_code = ABNORMAL
+        if client.transport is not None:
+            client.transport.abort()  # the read loop ends; the handler tells the Hub
+
+    beat = Heartbeat(interval, hub.clients.values, ping, dead)
+
+    async def start(app: web.Application) -> None:
+        beat.start()
+
+    async def stop(app: web.Application) -> None:
+        beat.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
 def create_app(
     settings: Settings | None = None, *, broker: Broker | None = None
 ) -> web.Application:
@@ -116,6 +140,7 @@ def create_app(
     hub = app[HUB] = Hub(settings, broker, tap)
     if settings.handshake_timeout:
         add_first_frame_watch(app, hub, settings.handshake_timeout)
+    add_heartbeat(app, hub, settings.heartbeat)
 
     app.router.add_get("/ws", chat_ws)
     app.router.add_get("/healthz", healthz)

@@ -30,6 +30,8 @@ class Client:
         "_tokens",
         "_tokens_at",
         "limited_since",
+        "heard",
+        "quiet",
     )
 
     def __init__(
@@ -60,6 +62,8 @@ class Client:
         self._tokens = -1.0  # token bucket, filled on first use
         self._tokens_at = 0.0
         self.limited_since: float | None = None
+        self.heard = True  # a frame came since the last heartbeat sweep (heartbeat.py)
+        self.quiet = 0  # heartbeat sweeps since the last frame
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.user_id!r} {self.remote}>"

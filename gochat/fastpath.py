@@ -10,8 +10,9 @@ Why it is shaped this way (see docs/performance.md for the measurements):
 - `transport.write` never blocks. What the kernel did not take stays in the transport's
   buffer, and that buffer, in bytes, is the slow-consumer rule: past the limit the client
   is closed with 1013. A reader that keeps up never accumulates, however bursty the room.
-- aiohttp still owns the socket for reading, pings and the close handshake; its frames and
-  ours are whole frames written synchronously, so they interleave only at frame boundaries.
+- aiohttp still owns the socket for reading and the close handshake (pings and pongs go
+  through the Outbox, heartbeat.py); its frames and ours are whole frames written
+  synchronously, so they interleave only at frame boundaries.
 """
 
 from __future__ import annotations

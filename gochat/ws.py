@@ -20,6 +20,7 @@ from . import protocol
 from .auth import AuthError, verify
 from .client import Client
 from .config import Settings
+from .heartbeat import pong_frame
 from .hub import Hub
 from .keys import FIRST_FRAME, HUB, SETTINGS
 from .protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
@@ -101,7 +102,10 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         user_id = name
 
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat,
+        # pings: one sweep for every connection (heartbeat.py), not aiohttp's timer each;
+        # so pings and pongs come to the read loop, which answers pings itself
+        heartbeat=None,
+        autoping=False,
         max_msg_size=settings.max_frame,
         compress=False,
         timeout=max(settings.shutdown_grace, 1.0),
@@ -137,18 +141,15 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         if expiry is not None:
             expiry.cancel()
         if not ws.closed:
-            # The peer vanished without a close frame. Closing here also cancels aiohttp's
-            # heartbeat timer, which would otherwise keep this connection's buffers alive
-            # for up to GOCHAT_HEARTBEAT seconds.
+            # The peer vanished without a close frame (or the heartbeat aborted it)
             with contextlib.suppress(Exception):
                 await ws.close(code=CloseCode.GOING_AWAY, drain=False)
         await hub.disconnect(client, ws.close_code)
         if transport is not None and (
             transport.get_write_buffer_size() or not transport.is_closing()
         ):
-            # A peer that stopped reading (or answering pings: aiohttp's heartbeat only
-            # closes, never aborts) would pin the unsent bytes forever: give the close
-            # frame a grace period, then abort. (Only then: the timer keeps the
+            # A peer that stopped reading would pin the unsent bytes forever: give the
+            # close frame a grace period, then abort. (Only then: the timer keeps the
             # connection's buffers alive until it fires.)
             loop.call_later(max(settings.shutdown_grace, 1.0), abort_if_stuck, transport)
     return ws
@@ -205,6 +206,7 @@ async def read_loop(
         # receive(), not `async for`: one coroutine frame fewer per idle connection (~0.2
         # KB), and the same exits (CLOSE/CLOSING/CLOSED fall to the last branch)
         msg = await ws.receive()
+        client.heard = True  # anything from the peer shows it is alive (heartbeat.py)
         if msg.type is WSMsgType.TEXT:
             client.msgs_in += 1
             if rate:
@@ -223,6 +225,10 @@ async def read_loop(
                 if client.limited_since is not None and client.tokens >= rate:
                     client.limited_since = None  # slowed down for a second's worth: forgiven
             await handle_text(hub, client, msg.data)
+        elif msg.type is WSMsgType.PING:
+            hub.outbox.push(client, pong_frame(msg.data[:125]))
+        elif msg.type is WSMsgType.PONG:
+            pass
         elif msg.type is WSMsgType.BINARY:
             await close(hub, client, ws, CloseCode.UNSUPPORTED, "binary frames not supported")
             return

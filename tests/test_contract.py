@@ -321,3 +321,32 @@ async def test_heartbeat_drops_dead_peer(make_chat: MakeChat) -> None:
     offline = await recv_type(watcher, "presence", timeout=5)
     assert offline["userId"] == "dead" and offline["status"] == "offline"
     assert [c.user_id for c in hub.clients.values()] == ["watcher"]
+
+
+async def test_heartbeat_keeps_a_quiet_peer_that_answers_pings(make_chat: MakeChat) -> None:
+    """One sweep pings every quiet connection (heartbeat.py): a peer that sends nothing
+    but answers each ping stays, ping after ping, and its pong is all it takes."""
+    chat = await make_chat(heartbeat=0.2)
+    hub = chat.app[HUB]
+    quiet = await chat.ws_connect("/ws", params={"name": "quiet"}, autoping=False)
+    assert (await recv(quiet))["type"] == "welcome"
+    await quiet.send_json({"type": "join", "room": "lobby"})
+    assert (await recv(quiet))["type"] == "joined"
+    pings = 0
+    while pings < 4:  # 4 pings: at least 0.8 s, far past the 0.35 s a silent peer gets
+        msg = await quiet.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.PING, msg
+        pings += 1
+        await quiet.pong(msg.data)
+    assert [c.user_id for c in hub.clients.values()] == ["quiet"]
+    await assert_serving(chat, quiet)
+
+
+async def test_client_ping_gets_its_pong(make_chat: MakeChat) -> None:
+    chat = await make_chat()
+    ws = await chat.ws_connect("/ws", params={"name": "pinger"}, autoping=False)
+    assert (await recv(ws))["type"] == "welcome"
+    await ws.ping(b"are you there")
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"are you there")
+    await assert_serving(chat, ws)
