@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gochat.client import Client
 from gochat.keys import BROKER, HUB
 
 from .util import join, recv, until
@@ -116,3 +117,45 @@ async def test_upgraded_connection_drops_its_http_parser_and_queue(
         assert protocol._messages.maxlen == 0  # type: ignore[attr-defined]  # the shared empty one
     finally:
         writer.close()
+
+
+async def test_closed_connections_are_freed_without_the_cycle_collector(
+    chat: TestClient[Any, Any],
+) -> None:
+    """A connection that ends, with a close frame or without, leaves no reference cycle
+    holding its server-side objects: they are freed by reference counting at once, not at
+    the next full collection (which pauses every connection for tens of ms). That is what
+    makes the collector's thresholds in `gochat/__main__.py` safe."""
+    server_types = (Client, web.WebSocketResponse, web.Request, web.RequestHandler)
+    url = str(chat.make_url("/ws"))
+
+    def handlers_running() -> bool:
+        return any(
+            getattr(t.get_coro(), "__qualname__", "") == "RequestHandler.start"
+            for t in asyncio.all_tasks()
+        )
+
+    async with aiohttp.ClientSession() as session:
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(10):
+                ws = await session.ws_connect(url, params={"name": f"u{i}"})
+                assert (await recv(ws))["type"] == "welcome"
+                await join(ws, "lobby")
+                await ws.send_json({"type": "chat", "room": "lobby", "text": "bye"})
+                assert (await recv(ws))["type"] == "chat"
+                if i % 2:
+                    await ws.close()
+                else:  # abrupt: the TCP connection just goes away
+                    ws._response.connection.transport.abort()  # type: ignore[union-attr]
+                    await ws.close()
+            await until(lambda: not handlers_running(), what="every /ws handler to return")
+            gc.collect()
+            leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, server_types)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert leaked == [], leaked
