@@ -216,11 +216,13 @@ async def _redis_ok(port: int) -> bool:
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    """The environment of a server under test: ours, less any gochat setting of the caller's."""
+    """The environment of a server under test: ours, less any gochat setting of the caller's
+    but GOCHAT_EVENT_LOOP (to compare event loops)."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("GOCHAT_") and k not in ("REDIS_URL", "PORT", "HOST")
+        if (not k.startswith("GOCHAT_") or k == "GOCHAT_EVENT_LOOP")
+        and k not in ("REDIS_URL", "PORT", "HOST")
     }
     return env | GOCHAT_ENV | {"GOCHAT_ADMIN_TOKEN": secrets.token_hex(16)} | extra
 

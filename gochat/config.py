@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -124,6 +124,12 @@ OPTIONS: tuple[Option, ...] = (
         "--write-timeout",
     ),
     Option("log_level", "GOCHAT_LOG_LEVEL", "logging level", "--log-level"),
+    Option(
+        "event_loop",
+        "GOCHAT_EVENT_LOOP",
+        "auto (uvloop where installed), uvloop or asyncio",
+        "--event-loop",
+    ),
 )
 
 
@@ -156,6 +162,7 @@ class Settings(BaseModel):
     handshake_timeout: float = Field(10, ge=0)
     write_timeout: float = Field(30, ge=0)
     log_level: str = "INFO"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

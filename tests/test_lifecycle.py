@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 
+from gochat.__main__ import new_event_loop
+
 from .procs import Node, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +51,16 @@ async def test_sigterm_closes_clients_1001_and_exits_cleanly() -> None:
     assert elapsed < 5, elapsed
     for bad in ("Task was destroyed", "Traceback", "Unclosed", "never awaited"):
         assert bad not in err, err
+    assert "event loop: uvloop" in err, err  # the default where uvloop is installed
+
+
+def test_event_loop_setting_picks_the_loop() -> None:
+    for choice, module in (("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")):
+        loop = new_event_loop(choice)
+        try:
+            assert type(loop).__module__.split(".")[0] == module, choice
+        finally:
+            loop.close()
 
 
 async def test_procfile_web_line_serves_on_port() -> None:
