@@ -338,7 +338,14 @@ async def _bounded(
         res = await asyncio.wait_for(body(), budget)
         return meta | res | {"run_s": round(time.monotonic() - t0, 1)}
     except Exception as exc:  # reported, and the other runs go on
-        return meta | {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        return meta | {"error": describe(exc)[:2000]}
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, and for an exception group each of its exceptions in turn."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def run_s1(o: Options, server: str, rate: float) -> dict[str, Any]:
@@ -591,11 +598,11 @@ async def _check(
                         2 * timeout,
                     )
                 except Exception as exc:
-                    res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                    res = {"ok": False, "error": describe(exc)}
                 if not res["ok"]:
                     res["server_log"] = d.children[-1].log_tail(40)
         except Exception as exc:  # the server did not start
-            res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            res = {"ok": False, "error": describe(exc)}
     return {"kind": "check", "scenario": "S1", "server": server} | res
 
 
