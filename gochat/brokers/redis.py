@@ -41,7 +41,10 @@ from .base import CHAT_PREFIX, Broker, BrokerUnavailable, History, chat_envelope
 
 log = logging.getLogger(__name__)
 
-POOL_SIZE = 32  # command connections per node; more requests wait for one (blocking pool)
+# Command connections per node (opened as needed); more requests wait for one (blocking
+# pool), up to COMMAND_TIMEOUT. A join is three round trips; with 32, a storm of 500 joins
+# on a busy node (S4's set-up) queued past the timeout and 1 run in 3 had joins refused.
+POOL_SIZE = 128
 COMMAND_TIMEOUT = 2.0  # a hanging Redis fails a request after this long, never blocks it
 BACKOFF_MIN = 0.1  # first reconnect delay; doubles up to BACKOFF_MAX, with jitter
 BACKOFF_MAX = 2.0
