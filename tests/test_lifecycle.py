@@ -54,6 +54,40 @@ async def test_sigterm_closes_clients_1001_and_exits_cleanly() -> None:
     assert "event loop: uvloop" in err, err  # the default where uvloop is installed
 
 
+async def test_heartbeat_on_uvloop_drops_the_dead_and_keeps_the_live() -> None:
+    """The process as deployed (uvloop): the one-sweep heartbeat pings, a peer that answers
+    stays, one that does not is dropped and the room hears it go offline."""
+    node = await Node.start(env={"GOCHAT_HEARTBEAT": "0.4"})
+    try:
+        async with aiohttp.ClientSession() as session:
+            live = await _client(session, node, "live")  # aiohttp answers pings in receive()
+            dead = await session.ws_connect(
+                f"{node.url}/ws", params={"name": "dead"}, autoping=False
+            )
+            await dead.send_json({"type": "join", "room": "lobby"})  # then never reads
+            started = time.monotonic()
+            seen: list[tuple[str, str]] = []
+            async with asyncio.timeout(5):
+                while ("dead", "offline") not in seen:
+                    frame = await live.receive_json()
+                    if frame["type"] == "presence":
+                        seen.append((frame["userId"], frame["status"]))
+            elapsed = time.monotonic() - started
+            assert seen[0] == ("dead", "online"), seen
+            assert 0.4 <= elapsed <= 0.4 * 1.75 + 1, elapsed  # pinged at 1x, dropped by 1.75x
+            await live.send_json({"type": "chat", "room": "lobby", "text": "still here"})
+            async with asyncio.timeout(5):
+                while (frame := await live.receive_json())["type"] != "chat":
+                    pass
+            assert frame["text"] == "still here"
+            await live.close()
+            await dead.close()
+    finally:
+        code, err = await node.stop()
+    assert code == 0, err
+    assert "event loop: uvloop" in err, err
+
+
 def test_event_loop_setting_picks_the_loop() -> None:
     for choice, module in (("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")):
         loop = new_event_loop(choice)
