@@ -124,8 +124,8 @@ async def test_closed_connections_are_freed_without_the_cycle_collector(
 ) -> None:
     """A connection that ends, with a close frame or without, leaves no reference cycle
     holding its server-side objects: they are freed by reference counting at once, not at
-    the next full collection (which pauses every connection for tens of ms). That is what
-    makes the collector's thresholds in `gochat/__main__.py` safe."""
+    the next full collection (which pauses every connection for tens of ms), so dead
+    connections do not pile up between full collections (docs/performance.md, S2)."""
     server_types = (Client, web.WebSocketResponse, web.Request, web.RequestHandler)
     url = str(chat.make_url("/ws"))
 
