@@ -305,6 +305,16 @@ class Hub:
         client with MAX_IN_FLIGHT messages unconfirmed waits for this one before its next
         frame is read.
         """
+        pending = self.say_now(client, room, text, cid)
+        if pending is not None and client.unconfirmed > MAX_IN_FLIGHT:
+            await asyncio.wait((pending,))
+
+    def say_now(
+        self, client: Client, room: str, text: str, cid: str | None = None
+    ) -> asyncio.Future[bytes] | None:
+        """`say` up to the wait: None if the broker has published it already, else the
+        broker's pending answer (the reader must wait for it when `client.unconfirmed`
+        exceeds MAX_IN_FLIGHT). Raises ProtocolError for a refused message."""
         ref = cid if cid is not None else "chat"
         check_room(room, ref)
         text = text.strip()
@@ -332,11 +342,10 @@ class Hub:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref) from None
         if pending.done():  # the in-memory broker: published already
             self._published(client, room, suffix, ref, pending)
-            return
+            return None
         client.unconfirmed += 1
         pending.add_done_callback(functools.partial(self._confirmed, client, room, suffix, ref))
-        if client.unconfirmed > MAX_IN_FLIGHT:
-            await asyncio.wait((pending,))
+        return pending
 
     def _confirmed(
         self, client: Client, room: str, suffix: bytes, ref: str, done: asyncio.Future[bytes]

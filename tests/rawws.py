@@ -43,6 +43,14 @@ class RawWS:
         self.head = head.decode("latin-1")  # status line and response headers
 
     def send_frame(self, payload: bytes, opcode: int = 0x1) -> None:
+        self.sock.sendall(self.frame(payload, opcode))
+
+    def send_frames(self, *payloads: bytes) -> None:
+        """Several text frames in one write: the server reads them in one chunk."""
+        self.sock.sendall(b"".join(self.frame(p) for p in payloads))
+
+    @staticmethod
+    def frame(payload: bytes, opcode: int = 0x1) -> bytes:
         mask = os.urandom(4)
         n = len(payload)
         if n < 126:
@@ -52,7 +60,7 @@ class RawWS:
         else:
             header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        return header + mask + masked
 
     def _read(self, n: int) -> bytes:
         while len(self.buf) < n:

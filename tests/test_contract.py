@@ -53,6 +53,7 @@ async def error_for(ws: Any, payload: Any) -> dict[str, Any]:
         ("[1, 2]", "bad_json", None),
         ('{"type": "chat", "room": "lobby", "text": NaN}', "bad_json", None),
         ('{"type": "join", "room": "a", "room": "b"}', "bad_json", None),
+        ('{"type":"chat","room":"lobby","text":"a","text":null}', "bad_json", None),
         ('{"type": "chat", "room": "lobby", "text": "\\ud800"}', "bad_message", "chat"),
         ({"type": "chat", "room": "lobby"}, "bad_message", "chat"),
         ({"type": "chat", "room": "lobby", "text": 5, "cid": "k1"}, "bad_message", "k1"),
@@ -187,10 +188,11 @@ async def test_internal_error_closes_1011(
     ws, _ = await connect(chat, "victim")
     await join(ws, "lobby")
 
-    async def broken(*args: Any, **kwargs: Any) -> str:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(hub, "say", broken)
+    # say_now: the chat is handled inline (fastpath.InlineQueue), and `say` calls it too
+    monkeypatch.setattr(hub, "say_now", broken)
     await ws.send_json({"type": "chat", "room": "lobby", "text": "boom"})
     assert await expect_close(ws) == 1011
     monkeypatch.undo()
