@@ -111,6 +111,54 @@ def test_fast_path_accepts_only_what_the_schema_accepts(raw: str) -> None:
     assert type(protocol._full(obj, obj["type"])) is type(fast)
 
 
+# compact and spaced separators, repeated keys, nulls and nesting: what `_plain` must sort
+flat_pairs = st.lists(
+    st.tuples(
+        st.sampled_from(["type", "room", "text", "cid", "since", "x"]),
+        st.one_of(st.none(), st.text(max_size=12), st.integers(), st.lists(st.none(), max_size=1)),
+    ),
+    max_size=6,
+)
+
+
+def _object_text(pairs: list[tuple[str, Any]], spaced: bool) -> str:
+    sep, colon = (", ", ": ") if spaced else (",", ":")
+    body = sep.join(f"{json.dumps(k)}{colon}{json.dumps(v)}" for k, v in pairs)
+    return "{" + body + "}"
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(raw_frames, st.builds(_object_text, flat_pairs, st.booleans())))
+def test_orjson_shortcut_agrees_with_the_strict_decoder(raw: str) -> None:
+    """`_plain` (orjson) may only return what the strict decoder returns for the same text,
+    and must leave to it every frame the strict decoder refuses (repeated keys included)."""
+    plain = protocol._plain(raw)
+    if plain is None:
+        return
+    assert plain == protocol._DECODER.decode(raw)
+    assert list(plain) == list(protocol._DECODER.decode(raw))
+
+
+def test_orjson_shortcut_takes_the_common_frames() -> None:
+    assert protocol._plain('{"type":"chat","room":"r","text":"hi","cid":null}') == {
+        "type": "chat",
+        "room": "r",
+        "text": "hi",
+        "cid": None,
+    }
+    assert protocol._plain('{"type": "join", "room": "r"}') == {"type": "join", "room": "r"}
+    for refused in (
+        '{"type":"chat","room":"r","text":"a","text":null}',  # a repeated key
+        '{"type":"chat","room":"r","room":"r"}',
+        '{"type":"chat","room":"r","text":"say \\"hi\\""}',  # a backslash: strict path
+        '{"type":"chat","room":"r","text":5}',
+        '{"type":"chat","room":{"a":"b"}}',
+        '["type","chat"]',
+        '{"type":"chat","room":"r","text":NaN}',
+    ):
+        assert protocol._plain(refused) is None, refused
+
+
 def test_fast_path_takes_the_common_frames() -> None:
     """The shortcut must actually be taken, or it is dead weight."""
     assert protocol._fast("chat", {"type": "chat", "room": "r", "text": "hi", "cid": "1"})
