@@ -21,7 +21,7 @@ from . import protocol
 from .auth import AuthError, verify
 from .client import Client
 from .config import Settings
-from .fastpath import ChatSocket
+from .fastpath import ChatSocket, InlineQueue
 from .heartbeat import pong_frame
 from .hub import MAX_IN_FLIGHT, Hub
 from .keys import FIRST_FRAME, HUB, SETTINGS
@@ -209,17 +209,19 @@ async def read_loop(
     hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings
 ) -> None:
     queue = ws.inline_queue if isinstance(ws, ChatSocket) else None
-    if queue is None:
-        await read_frames(hub, client, ws, settings, None)
-        return
     try:
         await read_frames(hub, client, ws, settings, queue)
     finally:
-        queue.inline = None  # it refers to the client, which refers to the socket
+        if queue is not None:
+            queue.inline = None  # it refers to the client, which refers to the socket
 
 
 async def read_frames(
-    hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings, queue: Any
+    hub: Hub,
+    client: Client,
+    ws: web.WebSocketResponse,
+    settings: Settings,
+    queue: InlineQueue | None,
 ) -> None:
     rate = settings.rate
     inline = functools.partial(take_inline, hub, client) if queue is not None else None
