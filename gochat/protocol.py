@@ -155,17 +155,19 @@ def has_bad_chars(text: str) -> bool:
     return False
 
 
-def _fast(kind: str, obj: dict[str, Any]) -> Join | Leave | Chat | None:
+def _fast(kind: str, obj: dict[str, Any], flat: bool = False) -> Join | Leave | Chat | None:
     """The common, well-formed frame, accepted without pydantic (about 6x cheaper).
 
     Only flat objects whose every value is a string (or null) get here, so the depth check
-    cannot fail. It accepts exactly what the full path would accept and builds the same
-    values; on anything it does not accept (a missing or mistyped field, an over-long id,
-    a bad character) it returns None, and the full path finds the fault and words it.
+    cannot fail; `flat=True` says the caller has checked that already (`_plain` does). It
+    accepts exactly what the full path would accept and builds the same values; on anything
+    it does not accept (a missing or mistyped field, an over-long id, a bad character) it
+    returns None, and the full path finds the fault and words it.
     """
-    for value in obj.values():
-        if type(value) is not str and value is not None:
-            return None
+    if not flat:
+        for value in obj.values():
+            if type(value) is not str and value is not None:
+                return None
     room = obj.get("room")
     if room is None or has_bad_chars(room):
         return None
@@ -213,6 +215,7 @@ def _plain(raw: str) -> dict[str, Any] | None:
 def decode(raw: str) -> Join | Leave | Chat:
     """Parse one text frame strictly and validate it; raise ProtocolError on any fault."""
     obj = _plain(raw)
+    flat = obj is not None  # _plain returns only flat objects of strings and nulls
     if obj is None:
         try:
             obj = _DECODER.decode(raw)
@@ -223,7 +226,7 @@ def decode(raw: str) -> Join | Leave | Chat:
     kind = obj.get("type")
     ref = kind if isinstance(kind, str) and kind in KNOWN_TYPES else None
     if ref is not None:
-        fast = _fast(ref, obj)
+        fast = _fast(ref, obj, flat)
         if fast is not None:
             return fast
     return _full(obj, ref)
