@@ -51,7 +51,7 @@ class Client:
         self.ws = ws
         self.transport = transport
         self.rooms: set[str] = set()
-        self.pending: list[bytes] = []
+        self.pending: bytes | list[bytes] | None = None  # this tick's frames (fastpath.Outbox)
         self.closed = False
         self.close_code: int | None = None
         self.connected_at = time.time()

@@ -88,22 +88,36 @@ class Outbox:
         if client.closed:
             return
         pending = client.pending
-        if not pending:
+        if pending is None:
+            client.pending = frame
             self._dirty.append(client)
             if not self._scheduled:
                 self._schedule()
-        pending.append(frame)
+        elif pending.__class__ is list:
+            pending.append(frame)
+        else:
+            client.pending = [pending, frame]  # type: ignore[list-item]
 
     def push_all(self, clients: Iterable[Client], frame: bytes) -> None:
-        """`push(client, frame)` for each of `clients`: the room fan-out, one loop, no calls."""
+        """`push(client, frame)` for each of `clients`: the room fan-out, one loop, no calls.
+
+        A client's pending frames are None, one bytes object, or a list from the second
+        frame of a tick on: the common case (one frame per client per tick) allocates
+        nothing per member, and every object this touches per member is one fewer cache
+        miss when a thousand members are written in a row.
+        """
         dirty = self._dirty
         for client in clients:
             if client.closed:
                 continue
             pending = client.pending
-            if not pending:
+            if pending is None:
+                client.pending = frame
                 dirty.append(client)
-            pending.append(frame)
+            elif pending.__class__ is list:
+                pending.append(frame)
+            else:
+                client.pending = [pending, frame]  # type: ignore[list-item]
         if dirty and not self._scheduled:
             self._schedule()
 
@@ -118,31 +132,37 @@ class Outbox:
         """Write every dirty client's frames; close the ones whose buffer is over the limit."""
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
-        limit = self.limit_bytes
         backlog = self._backlog
-        writes = frames = 0
+        frames = skipped = 0
         for client in dirty:
-            pending = client.pending
-            n = len(pending)
-            data = pending[0] if n == 1 else b"".join(pending)
-            pending.clear()
+            data = client.pending
+            client.pending = None
             transport = client.transport
-            if client.closed or transport is None or transport.is_closing():
+            if client.closed or data is None or transport is None or transport.is_closing():
+                skipped += 1
                 continue
-            transport.write(data)
-            writes += 1
+            if data.__class__ is list:
+                n = len(data)
+                data = b"".join(data)
+            else:
+                n = 1
+            transport.write(data)  # type: ignore[arg-type]
             frames += n
             client.msgs_out += n
             unsent = transport.get_write_buffer_size()
             if unsent:
-                if unsent > limit:
-                    self._on_overflow(client)
-                elif self.write_timeout and client not in backlog:
-                    self._note_backlog(client)
+                self._unsent(client, unsent)
             elif backlog:
                 backlog.pop(client, None)
-        self.writes += writes
+        self.writes += len(dirty) - skipped
         self.frames += frames
+
+    def _unsent(self, client: Client, unsent: int) -> None:
+        """The kernel did not take all of a write: the slow-consumer rules (class docstring)."""
+        if unsent > self.limit_bytes:
+            self._on_overflow(client)
+        elif self.write_timeout and client not in self._backlog:
+            self._note_backlog(client)
 
     def _note_backlog(self, client: Client) -> None:
         loop = asyncio.get_running_loop()

@@ -135,7 +135,7 @@ class Hub:
             return
         client.closed = True
         client.close_code = code
-        client.pending.clear()
+        client.pending = None
         self.spawn(self._close(client, code, reason))
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
