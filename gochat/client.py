@@ -7,6 +7,8 @@ import time
 
 from aiohttp import web
 
+from .fastpath import direct_fd
+
 
 class Client:
     """A WebSocket connection as the Hub sees it. The Hub never awaits it."""
@@ -18,6 +20,7 @@ class Client:
         "remote",
         "ws",
         "transport",
+        "fd",
         "rooms",
         "pending",
         "closed",
@@ -50,6 +53,7 @@ class Client:
         self.remote = remote
         self.ws = ws
         self.transport = transport
+        self.fd = direct_fd(transport)  # fastpath.Outbox writes here when nothing is buffered
         self.rooms: set[str] = set()
         self.pending: bytes | list[bytes] | None = None  # this tick's frames (fastpath.Outbox)
         self.closed = False

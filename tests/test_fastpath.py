@@ -1,0 +1,177 @@
+"""The Outbox's direct writes (gochat/fastpath.py): when a transport holds no bytes, flush
+writes a client's frames to its socket itself. These tests pin what that must never change:
+bytes keep their order, a partial write leaves the rest to the transport, an error reaches
+the transport, and only plain socket transports are written to directly. Each runs on the
+loop the tests use (asyncio's selector loop) and on uvloop, which production runs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from gochat.client import Client
+from gochat.fastpath import Outbox, direct_fd, text_frame
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+OPEN: list[tuple[asyncio.Transport, socket.socket]] = []
+
+
+def run_on(kind: str, main: Callable[[], Awaitable[None]]) -> None:
+    """Run `main` on a new loop of `kind`; close what it opened even when it fails."""
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 30))
+    finally:
+        while OPEN:
+            transport, peer = OPEN.pop()
+            transport.abort()
+            peer.close()
+        loop.run_until_complete(asyncio.sleep(0))  # let the transports finish closing
+        loop.close()
+
+
+class Sink(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def connected(sndbuf: int = 0) -> tuple[asyncio.Transport, Sink, socket.socket]:
+    """A server-side transport over a real socket, and the peer's blocking socket."""
+    ours, peer = socket.socketpair()
+    if sndbuf:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+    ours.setblocking(False)
+    sink = Sink()
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: sink, ours)
+    OPEN.append((transport, peer))
+    return transport, sink, peer
+
+
+def client_on(transport: asyncio.Transport) -> Client:
+    return Client("c1", "u1", "ann", "127.0.0.1", None, transport)
+
+
+async def read_exactly(peer: socket.socket, n: int) -> bytes:
+    def read() -> bytes:
+        peer.settimeout(5)
+        got = b""
+        while len(got) < n:
+            try:
+                chunk = peer.recv(n - len(got))
+            except TimeoutError:
+                break  # what came so far: the assertion shows what is missing
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    return await asyncio.to_thread(read)
+
+
+def drain(peer: socket.socket) -> bytes:
+    """What the peer's socket has now, without waiting."""
+    got = b""
+    peer.setblocking(False)
+    try:
+        while chunk := peer.recv(65536):
+            got += chunk
+    except BlockingIOError:
+        pass
+    peer.setblocking(True)
+    return got
+
+
+def no_overflow(client: Client) -> None:
+    raise AssertionError(f"{client} closed as a slow consumer")
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_direct_fd_only_for_plain_socket_transports(kind: str) -> None:
+    async def main() -> None:
+        transport, _, peer = await connected()
+        sock = transport.get_extra_info("socket")
+        assert direct_fd(transport) == sock.fileno() >= 0
+        assert client_on(transport).fd == sock.fileno()
+        assert direct_fd(None) == -1
+        assert direct_fd(asyncio.Transport()) == -1  # e.g. TLS: the socket carries records
+
+    run_on(kind, main)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_frame_never_overtakes_bytes_the_transport_holds(kind: str) -> None:
+    async def main() -> None:
+        transport, _, peer = await connected(sndbuf=4096)
+        client = client_on(transport)
+        box = Outbox(1 << 24, no_overflow)
+        earlier = b"e" * 200_000
+        transport.write(earlier)  # the peer reads nothing yet: most of it stays buffered
+        held = transport.get_write_buffer_size()
+        assert held > 0
+        # The peer reads all the kernel has, so the socket has room again, but the loop has
+        # not yet run the transport's write-ready callback: a write of our own would now go
+        # ahead of the bytes the transport holds.
+        head = drain(peer)
+        assert 0 < len(head) < len(earlier) and head == earlier[: len(head)]
+        frame = text_frame(b'{"type":"chat","text":"after"}')
+        box.push(client, frame)
+        box.flush()
+        assert transport.get_write_buffer_size() == held + len(frame)
+        rest = earlier[len(head) :] + frame
+        assert await read_exactly(peer, len(rest)) == rest
+        assert (box.writes, box.frames, client.msgs_out) == (1, 1, 1)
+
+    run_on(kind, main)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_partial_direct_write_leaves_the_rest_to_the_transport(kind: str) -> None:
+    async def main() -> None:
+        transport, _, peer = await connected(sndbuf=4096)
+        client = client_on(transport)
+        box = Outbox(1 << 24, no_overflow)
+        frames = [text_frame(bytes([65 + i % 26]) * 60_000) for i in range(5)]
+        for frame in frames:  # one tick: one write of all five, far more than the kernel takes
+            box.push(client, frame)
+        assert transport.get_write_buffer_size() == 0
+        box.flush()
+        unsent = transport.get_write_buffer_size()
+        assert 0 < unsent < sum(map(len, frames))  # the kernel took a part; the rest waits
+        assert box.backlogged() == 0  # no write timeout configured: nothing to time
+        expected = b"".join(frames)
+        assert await read_exactly(peer, len(expected)) == expected
+        assert (box.writes, box.frames, client.msgs_out) == (1, 5, 5)
+
+    run_on(kind, main)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_failed_direct_write_reaches_the_transport(kind: str) -> None:
+    async def main() -> None:
+        transport, sink, peer = await connected()
+        client = client_on(transport)
+        box = Outbox(1 << 24, no_overflow)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        peer.close()  # a reset: the next write fails
+        errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
+        box.push(client, text_frame(b'{"type":"chat"}'))
+        box.flush()  # must not raise: the transport meets the error and closes
+        exc = await sink.lost
+        assert transport.is_closing()
+        assert isinstance(exc, OSError), exc
+        assert errors == []
+
+    run_on(kind, main)
