@@ -41,8 +41,11 @@ class MemoryBroker(Broker):
         super().__init__(node_id, history)
         self._rooms: dict[str, _Room] = {}
         self._subscribed: set[str] = set()
+        # On Python 3.11 every asyncio.get_running_loop() makes a getpid() system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._set_state(True, "in memory")
 
     async def stop(self) -> None:
@@ -93,7 +96,7 @@ class MemoryBroker(Broker):
         if self.history_size:
             r.history.append((bid, wire))
         self._deliver(room, chat_envelope(bid, wire))
-        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bytes] = (self._loop or asyncio.get_running_loop()).create_future()
         done.set_result(bid)
         return done
 
