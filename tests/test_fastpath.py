@@ -175,3 +175,94 @@ def test_a_failed_direct_write_reaches_the_transport(kind: str) -> None:
         assert errors == []
 
     run_on(kind, main)
+
+
+# The first fan-out of a quiet tick is written before push_all returns (Outbox._write_now);
+# a second one in the same tick, and every one in the tick after a busy tick, waits for the
+# flush, so under load each client still gets one write per tick.
+
+
+async def next_tick() -> None:
+    """Return once the callbacks scheduled so far (the Outbox's flush) have run."""
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await done
+
+
+def chat(n: int) -> bytes:
+    return text_frame(b'{"type":"chat","text":"m%d"}' % n)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_quiet_ticks_fanout_is_written_at_once_and_a_busy_ticks_coalesced(kind: str) -> None:
+    async def main() -> None:
+        pairs = [await connected() for _ in range(3)]
+        clients = [client_on(transport) for transport, _, _ in pairs]
+        peers = [peer for _, _, peer in pairs]
+        box = Outbox(1 << 24, no_overflow)
+
+        box.push_all(clients, chat(1))  # quiet: every member has it now
+        assert [drain(p) for p in peers] == [chat(1)] * 3
+        box.push_all(clients, chat(2))  # same tick: queued for its flush
+        box.push_all(clients, chat(3))
+        assert [drain(p) for p in peers] == [b""] * 3
+        await next_tick()
+        assert [drain(p) for p in peers] == [chat(2) + chat(3)] * 3
+        assert (box.writes, box.frames) == (6, 9)
+
+        box.push_all(clients, chat(4))  # the tick after a busy one: queued
+        assert [drain(p) for p in peers] == [b""] * 3
+        await next_tick()
+        assert [drain(p) for p in peers] == [chat(4)] * 3
+
+        box.push_all(clients, chat(5))  # that tick had one fan-out: quiet again
+        assert [drain(p) for p in peers] == [chat(5)] * 3
+        assert (box.writes, box.frames) == (12, 15)
+        assert [c.msgs_out for c in clients] == [5] * 3
+
+    run_on(kind, main)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_an_immediate_write_never_overtakes_a_queued_or_buffered_frame(kind: str) -> None:
+    async def main() -> None:
+        (t1, _, p1), (t2, _, p2), (t3, _, p3) = [await connected(sndbuf=4096) for _ in range(3)]
+        queued, buffered, idle = client_on(t1), client_on(t2), client_on(t3)
+        box = Outbox(1 << 24, no_overflow)
+        box.push(queued, chat(0))  # e.g. a `joined` earlier in the tick
+        earlier = b"e" * 200_000
+        t2.write(earlier)
+        head = drain(p2)  # the kernel has room again; the transport still holds the rest
+        assert t2.get_write_buffer_size() > 0
+
+        box.push_all([queued, buffered, idle], chat(1))
+        assert drain(p3) == chat(1)  # the idle one at once
+        assert drain(p1) == b""  # behind its queued frame
+        await next_tick()
+        assert await read_exactly(p1, 2 * len(chat(0))) == chat(0) + chat(1)
+        rest = earlier[len(head) :] + chat(1)
+        assert await read_exactly(p2, len(rest)) == rest
+
+    run_on(kind, main)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_an_immediate_partial_or_failed_write_goes_to_the_transport(kind: str) -> None:
+    async def main() -> None:
+        (big_t, _, big_p), (gone_t, gone_sink, gone_p) = [
+            await connected(sndbuf=4096),
+            await connected(),
+        ]
+        gone_p.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        gone_p.close()  # a reset: the next write fails
+        errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
+        frame = text_frame(b"x" * 300_000)
+        box = Outbox(1 << 24, no_overflow)
+        box.push_all([client_on(big_t), client_on(gone_t)], frame)  # must not raise
+        assert 0 < big_t.get_write_buffer_size() < len(frame)  # the kernel took a part
+        assert await read_exactly(big_p, len(frame)) == frame
+        assert isinstance(await gone_sink.lost, OSError)
+        assert errors == []
+
+    run_on(kind, main)
