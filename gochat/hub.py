@@ -316,7 +316,9 @@ class Hub:
         broker's pending answer (the reader must wait for it when `client.unconfirmed`
         exceeds MAX_IN_FLIGHT). Raises ProtocolError for a refused message."""
         ref = cid if cid is not None else "chat"
-        check_room(room, ref)
+        member = room in client.rooms
+        if not member:
+            check_room(room, ref)  # a joined room's name was checked by the join
         text = text.strip()
         if not text:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: empty", ref)
@@ -324,7 +326,7 @@ class Hub:
             raise ProtocolError(
                 ErrorCode.TOO_LONG, f"text over {self.settings.max_text} characters", ref
             )
-        if room not in client.rooms:
+        if not member:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"not in room {room}", ref)
         fields: dict[str, Any] = {
             "room": room,
@@ -340,8 +342,8 @@ class Hub:
             pending = self.broker.submit(room, suffix)
         except BrokerUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref) from None
-        if pending.done():  # the in-memory broker: published already
-            self._published(client, room, suffix, ref, pending)
+        if isinstance(pending, bytes):  # its id: published already (the in-memory broker)
+            self._published(client, room, suffix, pending)
             return None
         client.unconfirmed += 1
         pending.add_done_callback(functools.partial(self._confirmed, client, room, suffix, ref))
@@ -350,22 +352,21 @@ class Hub:
     def _confirmed(
         self, client: Client, room: str, suffix: bytes, ref: str, done: asyncio.Future[bytes]
     ) -> None:
-        client.unconfirmed -= 1
-        self._published(client, room, suffix, ref, done)
-
-    def _published(
-        self, client: Client, room: str, suffix: bytes, ref: str, done: asyncio.Future[bytes]
-    ) -> None:
         """The broker is done with a chat message of `client`: count it, or answer the error."""
+        client.unconfirmed -= 1
         exc = done.exception() if not done.cancelled() else BrokerUnavailable("cancelled")
         if exc is not None:
             self.send_error(
                 client, ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref)
             )
             return
+        self._published(client, room, suffix, done.result())
+
+    def _published(self, client: Client, room: str, suffix: bytes, msg_id: bytes) -> None:
+        """A chat message of `client` is published: count it, and show it on the tap."""
         self.counters["published"] += 1
         if self.tap.active:  # here, not in deliver: once per message, with the sender's address
-            wire = CHAT_PREFIX + done.result() + suffix
+            wire = CHAT_PREFIX + msg_id + suffix
             self.tap.emit(
                 "PUBLISH",
                 client.remote,

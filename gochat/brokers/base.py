@@ -156,12 +156,14 @@ class Broker(ABC):
         """Stop receiving `room` (called when its last local member leaves)."""
 
     @abstractmethod
-    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
+    def submit(self, room: str, suffix: bytes) -> bytes | asyncio.Future[bytes]:
         """Start publishing a chat message: give it an id, append it to the room's history
         and deliver it to every subscribed node, atomically. `suffix` is the message
         serialised once without `type` and `id` (`chat_suffix(fields)`): wire =
-        CHAT_PREFIX + id + suffix. The future gets the id, or BrokerUnavailable; this raises
-        BrokerUnavailable at once when the broker cannot take requests.
+        CHAT_PREFIX + id + suffix. Returns the id when the message is published already (in
+        memory: no future to create and inspect per message), else a future that gets the
+        id, or BrokerUnavailable; raises BrokerUnavailable at once when the broker cannot
+        take requests.
 
         Messages submitted one after another by this node are published in that order, so
         a client's messages keep theirs although its reader does not wait for each.
@@ -169,7 +171,8 @@ class Broker(ABC):
 
     async def publish(self, room: str, suffix: bytes) -> str:
         """`submit` and wait: the message's id."""
-        return (await self.submit(room, suffix)).decode()
+        pending = self.submit(room, suffix)
+        return (pending if isinstance(pending, bytes) else await pending).decode()
 
     @abstractmethod
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 
@@ -41,11 +40,8 @@ class MemoryBroker(Broker):
         super().__init__(node_id, history)
         self._rooms: dict[str, _Room] = {}
         self._subscribed: set[str] = set()
-        # On Python 3.11 every asyncio.get_running_loop() makes a getpid() system call.
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._set_state(True, "in memory")
 
     async def stop(self) -> None:
@@ -87,8 +83,8 @@ class MemoryBroker(Broker):
         if not self.ready:
             raise BrokerUnavailable(f"broker {self.reason}")
 
-    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
-        # done before it returns: delivered synchronously, in submission order
+    def submit(self, room: str, suffix: bytes) -> bytes:
+        # published before it returns (delivered synchronously, in submission order): the id
         self._check()
         r = self._room(room)
         bid = self._next_id(r).encode()
@@ -96,9 +92,7 @@ class MemoryBroker(Broker):
         if self.history_size:
             r.history.append((bid, wire))
         self._deliver(room, chat_envelope(bid, wire))
-        done: asyncio.Future[bytes] = (self._loop or asyncio.get_running_loop()).create_future()
-        done.set_result(bid)
-        return done
+        return bid
 
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
         r = self._rooms.get(room)
