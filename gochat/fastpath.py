@@ -210,6 +210,8 @@ class Outbox:
         self._scheduled = False
         self._quiet = self._fanouts <= 1
         self._fanouts = 0
+        if not self._dirty:  # a quiet tick's fan-out went out already (_write_now)
+            return
         dirty, self._dirty = self._dirty, []
         backlog = self._backlog
         frames = skipped = 0

@@ -568,7 +568,9 @@ def test_message_ts_parsing() -> None:
         b'"text":",\\"ts\\":5","ts":1732740000123,"cid":"c"}'
     )
     assert message_ts_ms(wire) == 1732740000123
+    assert message_ts_ms(wire.replace(b',"cid":"c"', b"")) == 1732740000123  # ts last
     assert message_ts_ms(b'{"type":"chat"}') is None
+    assert message_ts_ms(b'{"type":"chat","ts":x1}') is None
 
 
 def test_latency_histogram_renders_as_prometheus_client_does() -> None:
