@@ -513,9 +513,17 @@ def machine_line(o: Options) -> dict[str, Any]:
     }
 
 
-async def bench(o: Options, emit: Callable[[dict[str, Any]], None]) -> int:
+def pair_order(servers: list[str], round_no: int) -> list[str]:
+    """The order of each pair's runs in round `round_no` (from 1): as given in odd rounds,
+    the naive hub first in even ones, so that whatever favours the first (or the second)
+    run of a pair favours each server equally often over `--repeat` rounds."""
+    return sorted(servers, key=lambda s: s != "naive") if round_no % 2 == 0 else list(servers)
+
+
+async def bench(o: Options, emit: Callable[[dict[str, Any]], None], round_no: int = 1) -> int:
     """Run the chosen scenarios; returns how many runs failed."""
     failures = 0
+    servers = pair_order(o.servers, round_no)
     done: dict[tuple[str, str, float | None], dict[str, Any]] = {}
 
     async def measure(label: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> None:
@@ -552,7 +560,7 @@ async def bench(o: Options, emit: Callable[[dict[str, Any]], None]) -> int:
     for sc in o.scenarios:
         if sc == "S1":
             for rate in o.rates:
-                for server in o.servers:
+                for server in servers:
                     await measure(
                         f"S1 {server} at {rate:g} msg/s",
                         functools.partial(run_s1, o, server, rate),
@@ -569,7 +577,7 @@ async def bench(o: Options, emit: Callable[[dict[str, Any]], None]) -> int:
                 compare(("S4", "gochat", rate), ("S1", "naive", rate))
         else:
             rate_key = o.s2_rate if sc == "S2" else None
-            for server in o.servers:
+            for server in servers:
                 await measure(f"{sc} {server}", functools.partial(runners[sc], server))
             compare((sc, "gochat", rate_key), (sc, "naive", rate_key))
     return failures
@@ -734,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.repeat > 1:
                     log(f"round {n} of {args.repeat}")
                 tag = {"round": n} if args.repeat > 1 else {}
-                failures += asyncio.run(bench(o, lambda line, tag=tag: emit(line | tag)))
+                failures += asyncio.run(bench(o, lambda line, tag=tag: emit(line | tag), n))
             if args.repeat > 1:
                 for row in report.medians(lines):
                     emit(row | {"kind": "median" if row["kind"] == "result" else "median_ratio"})

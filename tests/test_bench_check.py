@@ -7,7 +7,7 @@ checked by sequence number on every client (bench/loadgen.py).
 from __future__ import annotations
 
 from bench import report
-from bench.run import run_check
+from bench.run import pair_order, run_check
 
 
 def test_fanout_loses_nothing() -> None:
@@ -39,3 +39,10 @@ def test_repeated_runs_are_reported_as_medians() -> None:
     assert "median of" in report.render([*runs, *ratios])
     other = [r | {"b": "S1 naive", "us_per_delivery": 5.0} for r in ratios]
     assert len(report.medians([*ratios, *other])) == 2  # a / b and a / other b: not mixed
+
+
+def test_repeated_rounds_alternate_which_server_runs_first() -> None:
+    both = ["gochat", "naive"]
+    assert [pair_order(both, n) for n in (1, 2, 3, 4)] == [both, both[::-1], both, both[::-1]]
+    assert pair_order(["naive", "gochat"], 2) == ["naive", "gochat"]
+    assert pair_order(["gochat"], 2) == ["gochat"]
