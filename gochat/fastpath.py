@@ -164,7 +164,8 @@ class Outbox:
         it, so nothing is overtaken); a partial or failed write goes to the transport. The
         flush is still scheduled, to end the tick: a second fan-out in it is queued, and
         the ticks after a busy one queue everything, so under load each client still gets
-        one write per tick.
+        one write per tick. `clients` may be a room's live member view: nothing called here
+        changes a membership (a slow consumer's close is a task, `Hub.drop`).
         """
         if not self._scheduled:
             self._schedule()
