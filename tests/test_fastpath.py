@@ -266,3 +266,18 @@ def test_an_immediate_partial_or_failed_write_goes_to_the_transport(kind: str) -
         assert errors == []
 
     run_on(kind, main)
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_an_immediate_write_over_the_limit_closes_that_member_only(kind: str) -> None:
+    async def main() -> None:
+        (slow_t, _, _), (fast_t, _, fast_p) = [await connected(sndbuf=4096), await connected()]
+        slow, fast = client_on(slow_t), client_on(fast_t)
+        overflowed: list[Client] = []
+        box = Outbox(100_000, overflowed.append)
+        frame = text_frame(b"y" * 150_000)  # the slow peer reads nothing: most stays unsent
+        box.push_all({"s": slow, "f": fast}.values(), frame)
+        assert overflowed == [slow]
+        assert await read_exactly(fast_p, len(frame)) == frame
+
+    run_on(kind, main)
