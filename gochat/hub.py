@@ -72,6 +72,7 @@ class Hub:
         broker.bind(
             self.deliver,
             self._broker_state,
+            on_local=self.fan_out,
             presence_source=self.local_presence,
             on_transition=self._presence_transition,
             on_gap=self._missed,
@@ -396,6 +397,13 @@ class Hub:
         except (ValueError, KeyError):
             self._bad_envelope(room, envelope)
             return False
+        self.fan_out(room, kind, key, wire)
+        return True
+
+    def fan_out(self, room: str, kind: int, key: bytes, wire: bytes) -> None:
+        """Hand one room message to every local member, framed once: what `deliver` does
+        after its checks, and what the in-memory broker calls for a message this process
+        made itself (there is no envelope to check)."""
         frame = text_frame(wire)
         members = self.rooms.get(room)
         if members:
@@ -414,7 +422,6 @@ class Hub:
             self.room_msgs[room] += 1
             if self.on_fanout is not None:
                 self.on_fanout(wire)
-        return True
 
     def _bad_envelope(self, room: str, envelope: bytes) -> None:
         self.counters["bad_envelope"] += 1

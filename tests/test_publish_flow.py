@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from gochat.brokers.base import BrokerUnavailable
+from gochat.brokers.base import CHAT, CHAT_PREFIX, BrokerUnavailable, chat_suffix, split_envelope
 from gochat.brokers.memory import MemoryBroker
 from gochat.client import Client
 from gochat.events import EventTap
@@ -78,3 +78,28 @@ async def test_unconfirmed_messages_are_bounded_and_answered_late() -> None:
     hub.outbox.flush()
     errors = [f for f in frames(sock) if f["type"] == "error"]
     assert errors == [{"type": "error", "code": "unavailable", "message": "redis down", "ref": "0"}]
+
+
+async def test_the_memory_broker_hands_over_parts_or_an_envelope() -> None:
+    """Bound with `on_local` (the Hub), a chat message arrives as its parts; without it, as
+    the envelope a Redis listener would deliver, which splits into the same parts."""
+    local: list[tuple[str, int, bytes, bytes]] = []
+    envelopes: list[tuple[str, bytes]] = []
+    with_parts, with_envelope = MemoryBroker("n", 10), MemoryBroker("n", 10)
+    with_parts.bind(lambda room, env: True, on_local=lambda *parts: local.append(parts))
+    with_envelope.bind(lambda room, env: envelopes.append((room, env)) is None)
+    for broker in (with_parts, with_envelope):
+        await broker.start()
+        await broker.subscribe("r")
+        await broker.subscribe("other")
+    suffix = chat_suffix({"room": "r", "userId": "u", "name": "U", "text": "hi", "ts": 1})
+    ids = [broker.submit("r", suffix) for broker in (with_parts, with_envelope)]
+    await with_parts.unsubscribe("other")
+    await with_envelope.unsubscribe("other")
+    assert with_parts.submit("other", suffix) and with_envelope.submit("other", suffix)
+
+    assert [room for room, *_ in local] == ["r"]  # not to a room it does not receive
+    assert [room for room, _ in envelopes] == ["r"]
+    _, kind, key, wire = local[0]
+    assert (kind, key, wire) == (CHAT, ids[0], CHAT_PREFIX + ids[0] + suffix)
+    assert split_envelope(envelopes[0][1]) == (CHAT, ids[1], CHAT_PREFIX + ids[1] + suffix)

@@ -4,7 +4,9 @@ Every room message makes the round trip through the broker, in memory too, so th
 order per room on every node. The broker hands each room message to the node's handler as an
 *envelope*: one kind byte, a key, a newline, then the exact JSON the clients receive. The Hub
 reads the key without decoding the JSON, so each message is decoded at most once per node
-(in practice never: its bytes are framed and written as they are).
+(in practice never: its bytes are framed and written as they are). The in-memory broker's
+chat messages never leave the process, so it hands the Hub their parts (`on_local`) rather
+than an envelope to build, split and check.
 
     c<id>\n<chat JSON>          a chat message, to every local member
     p<userId>\n<presence JSON>  a presence transition, to every local member but that user
@@ -25,6 +27,11 @@ PRESENCE = ord("p")
 MessageHandler = Callable[[str, bytes], bool]
 """Called with (room, envelope) for every message on a room this node subscribes to;
 returns False when the envelope was malformed and dropped."""
+
+LocalHandler = Callable[[str, int, bytes, bytes], None]
+"""Called with (room, kind, key, wire JSON) for a message of this process's own making, by
+a broker that delivers within the process (in memory): the envelope's parts, with nothing
+to check, since they never left the process."""
 
 TransitionHandler = Callable[[str, bytes], None]
 """Called with (room, presence envelope) for each presence transition that this node's own
@@ -93,6 +100,7 @@ class Broker(ABC):
         self.ready = False
         self.reason = "not started"
         self._on_message: MessageHandler | None = None
+        self._on_local: LocalHandler | None = None
         self._on_state: StateHandler | None = None
         self._on_transition: TransitionHandler | None = None
         self._on_gap: GapHandler | None = None
@@ -107,6 +115,7 @@ class Broker(ABC):
         presence_source: PresenceSource | None = None,
         on_transition: TransitionHandler | None = None,
         on_gap: GapHandler | None = None,
+        on_local: LocalHandler | None = None,
     ) -> None:
         """Set the callbacks the broker's listener delivers to (the Hub's)."""
         self._on_message = on_message
@@ -114,6 +123,7 @@ class Broker(ABC):
         self._presence_source = presence_source
         self._on_transition = on_transition
         self._on_gap = on_gap
+        self._on_local = on_local
 
     def _missed(self, room: str) -> None:
         """Report that this node missed messages of `room` it can no longer recover."""

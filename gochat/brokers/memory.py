@@ -7,6 +7,7 @@ from collections import deque
 
 from ..protocol import Member, presence
 from .base import (
+    CHAT,
     CHAT_PREFIX,
     Broker,
     BrokerUnavailable,
@@ -91,7 +92,10 @@ class MemoryBroker(Broker):
         wire = CHAT_PREFIX + bid + suffix
         if self.history_size:
             r.history.append((bid, wire))
-        self._deliver(room, chat_envelope(bid, wire))
+        if self._on_local is None:
+            self._deliver(room, chat_envelope(bid, wire))
+        elif room in self._subscribed:  # its parts: there is nothing to build or check
+            self._on_local(room, CHAT, bid, wire)
         return bid
 
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
