@@ -411,7 +411,7 @@ class Hub:
                 self.outbox.push_all(members.values(), frame)
             elif kind == PRESENCE:
                 user_id = key.decode()
-                others = (c for c in members.values() if c.user_id != user_id)
+                others = [c for c in members.values() if c.user_id != user_id]
                 self.outbox.push_all(others, frame)
         waiting = self._joining.get(room)
         if waiting:

@@ -238,7 +238,9 @@ def test_an_immediate_write_never_overtakes_a_queued_or_buffered_frame(kind: str
         box.push_all([queued, buffered, idle], chat(1))
         assert drain(p3) == chat(1)  # the idle one at once
         assert drain(p1) == b""  # behind its queued frame
+        assert (box.writes, box.frames, idle.msgs_out) == (1, 1, 1)  # the other two: queued
         await next_tick()
+        assert (box.writes, box.frames) == (3, 4)  # queued: chat(0) and chat(1) in one write
         assert await read_exactly(p1, 2 * len(chat(0))) == chat(0) + chat(1)
         rest = earlier[len(head) :] + chat(1)
         assert await read_exactly(p2, len(rest)) == rest
