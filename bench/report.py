@@ -88,6 +88,7 @@ def medians(rows: Iterable[Row]) -> list[Row]:
         noisy = sum(bool(r.get("noisy")) for r in same)
         row["noisy"] = noisy * 2 > len(same)
         row["noisy_runs"] = noisy
+        row["saturated_runs"] = sum(bool(r.get("loadgen_saturated")) for r in same)
         out.append(row)
     return out
 
@@ -98,7 +99,10 @@ def _pct(key: str) -> Callable[[Row], str]:
 
 def _flags(row: Row) -> str:
     out = []
-    if row.get("loadgen_saturated"):
+    saturated = row.get("saturated_runs")
+    if saturated and saturated < row.get("runs", 1):
+        out.append(f"loadgen saturated in {saturated} of {row['runs']} runs")
+    elif row.get("loadgen_saturated") or saturated:
         out.append("loadgen saturated")
     if row.get("noisy_runs"):
         out.append(f"noisy machine in {row['noisy_runs']} of {row['runs']} runs")

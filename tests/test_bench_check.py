@@ -6,8 +6,11 @@ checked by sequence number on every client (bench/loadgen.py).
 
 from __future__ import annotations
 
-from bench import report
+from bench import loadgen, report
 from bench.run import pair_order, run_check
+from gochat import protocol
+from gochat.brokers.base import CHAT_PREFIX
+from gochat.protocol import encode
 
 
 def test_fanout_loses_nothing() -> None:
@@ -34,6 +37,10 @@ def test_repeated_runs_are_reported_as_medians() -> None:
     assert result["us_per_delivery"] == 22.0 and result["latency_ms"] == {"p99": 6.0}
     assert result["runs"] == 3 and result["us_per_delivery_range"] == [20.0, 30.0]
     assert result["noisy"] is False and result["noisy_runs"] == 1 and result["lost"] == 0
+    assert "noisy machine in 1 of 3 runs" in report._flags(result)
+    one_saturated = [r | {"loadgen_saturated": n == 1} for n, r in enumerate(runs)]
+    flags = report._flags(report.medians(one_saturated)[0])
+    assert "loadgen saturated in 1 of 3 runs" in flags  # not hidden by the median
     assert "round" not in result
     assert ratio["us_per_delivery"] == 0.65 and ratio["runs"] == 3
     assert "median of" in report.render([*runs, *ratios])
@@ -46,3 +53,27 @@ def test_repeated_rounds_alternate_which_server_runs_first() -> None:
     assert [pair_order(both, n) for n in (1, 2, 3, 4)] == [both, both[::-1], both, both[::-1]]
     assert pair_order(["naive", "gochat"], 2) == ["naive", "gochat"]
     assert pair_order(["gochat"], 2) == ["gochat"]
+
+
+async def test_the_load_generator_counts_presence_and_joined_from_their_bytes() -> None:
+    """S5's frames are counted without decoding them, and to the same figures: online
+    presence only, members of a `joined` but not its history; a frame that only starts
+    like one is decoded, and reported if it is not JSON."""
+    run = loadgen.Run()
+    client = loadgen.Client(run, 0, loadgen.Target.parse("ws://127.0.0.1:1/ws"), probe=True)
+    client.joined = run.loop.create_future()
+    tricky = 'Bob "status":"online" {"userId":'  # escaped in JSON: no false match
+    history = [CHAT_PREFIX + b'1-0",' + encode({"userId": "a", "text": tricky})[1:]]
+    frames = [
+        protocol.presence("a", tricky, "storm", "online"),
+        protocol.presence("b", tricky, "storm", "offline"),
+        protocol.joined(
+            "storm", [{"userId": "a", "name": tricky}, {"userId": "b", "name": "B"}], history, None
+        ),
+        b'{"type":"presence","status":"online"',  # truncated: not counted, reported
+    ]
+    for frame in frames:
+        client._on_text(frame, 0)
+    assert (client.presence, run.presence) == (1, 1)
+    assert client.joined_members == 2 and client.joined.done()
+    assert run.errors == {"bad_json_from_server": 1}
