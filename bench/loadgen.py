@@ -119,30 +119,32 @@ def _frame_bounds(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]
     return h, n
 
 
-def _uniform(buf: bytes | bytearray) -> int:
-    """k if `buf` is exactly k whole final text frames all of the same length, else 0.
+def _uniform(buf: bytes | bytearray) -> tuple[int, int]:
+    """(k, end) if `buf` starts with k >= 1 whole final text frames all of the same length
+    and holds less than one more such frame after them (left for the next read), where
+    `end` is the offset after the k-th; else (0, 0).
 
     Frames of one room's chats mostly have the same length, and a chunk of them is checked
     with a few strided slices (C loops) instead of a Python loop per frame: every header
-    byte must be 0x81 and every length field the same."""
+    byte must be 0x81 and every length field the same. A chunk cut mid-frame (a full
+    read buffer, when sweeps fall behind) is common exactly when this matters most."""
     size = len(buf)
     if size < 2 or buf[0] != 0x81:
-        return 0
+        return 0, 0
     n = buf[1]
     if n < 126:
         flen, h = 2 + n, 2
     elif n == 126 and size >= 4:
         flen, h = 4 + ((buf[2] << 8) | buf[3]), 4
     else:
-        return 0
-    k, rest = divmod(size, flen)
-    if rest:
-        return 0
+        return 0, 0
+    k = size // flen
     if k > 1:
+        end = k * flen
         for i in range(h):
-            if buf[i::flen] != bytes((buf[i],)) * k:
-                return 0
-    return k
+            if buf[i:end:flen] != bytes((buf[i],)) * k:
+                return 0, 0
+    return k, k * flen
 
 
 def _walk(buf: bytes | bytearray) -> tuple[int, int, bool]:
@@ -466,9 +468,9 @@ class Client(asyncio.BufferedProtocol):
         if buf:  # a partial frame is pending: complete it (else work on `data`, no copy)
             buf += data
             chunk = buf
-        texts = _uniform(chunk)
+        texts, end = _uniform(chunk)
         if texts:
-            end, other = len(chunk), False
+            other = False
         else:
             end, texts, other = _walk(chunk)
         if end and (other or self.probe or not self._count(chunk, end, texts)):

@@ -10,6 +10,7 @@ from bench import loadgen, report
 from bench.run import pair_order, run_check
 from gochat import protocol
 from gochat.brokers.base import CHAT_PREFIX
+from gochat.fastpath import text_frame
 from gochat.protocol import encode
 
 
@@ -77,3 +78,22 @@ async def test_the_load_generator_counts_presence_and_joined_from_their_bytes() 
     assert (client.presence, run.presence) == (1, 1)
     assert client.joined_members == 2 and client.joined.done()
     assert run.errors == {"bad_json_from_server": 1}
+
+
+def test_a_chunk_cut_mid_frame_is_counted_without_a_walk() -> None:
+    """A full read buffer ends inside a frame; the whole frames before it are still checked
+    with strided slices, and the rest waits for the next read."""
+
+    def served(room: str, seq: int) -> bytes:  # as the server frames it: unmasked
+        text = loadgen.chat_text(seq, 0, 10**18)
+        return text_frame(f'{{"type":"chat","room":"{room}","text":"{text}"}}'.encode())
+
+    frames = [served("r", seq) for seq in range(5)]
+    size = len(frames[0])
+    assert {len(f) for f in frames} == {size}
+    data = b"".join(frames)
+    assert loadgen._uniform(data) == (5, 5 * size)
+    assert loadgen._uniform(data[: 3 * size + 7]) == (3, 3 * size)
+    assert loadgen._uniform(data[: size - 1]) == (0, 0)  # not one whole frame: the walk
+    longer = served("room", 5)
+    assert loadgen._uniform(data + longer) == (0, 0)  # lengths differ: the walk
