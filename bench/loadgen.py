@@ -120,9 +120,9 @@ def _frame_bounds(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]
 
 
 def _uniform(buf: bytes | bytearray) -> tuple[int, int]:
-    """(k, end) if `buf` starts with k >= 1 whole final text frames all of the same length
-    and holds less than one more such frame after them (left for the next read), where
-    `end` is the offset after the k-th; else (0, 0).
+    """(k, end) if `buf` holds k >= 1 whole final text frames all of the same length, ending
+    at `end`, and after them at most an incomplete frame (left for the next read); else
+    (0, 0).
 
     Frames of one room's chats mostly have the same length, and a chunk of them is checked
     with a few strided slices (C loops) instead of a Python loop per frame: every header
@@ -139,12 +139,14 @@ def _uniform(buf: bytes | bytearray) -> tuple[int, int]:
     else:
         return 0, 0
     k = size // flen
+    end = k * flen
+    if end < size and _frame_bounds(buf, end, size)[0]:
+        return 0, 0  # what follows is a whole frame of another length: the walk takes it
     if k > 1:
-        end = k * flen
         for i in range(h):
             if buf[i:end:flen] != bytes((buf[i],)) * k:
                 return 0, 0
-    return k, k * flen
+    return k, end
 
 
 def _walk(buf: bytes | bytearray) -> tuple[int, int, bool]:

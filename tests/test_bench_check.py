@@ -97,3 +97,7 @@ def test_a_chunk_cut_mid_frame_is_counted_without_a_walk() -> None:
     assert loadgen._uniform(data[: size - 1]) == (0, 0)  # not one whole frame: the walk
     longer = served("room", 5)
     assert loadgen._uniform(data + longer) == (0, 0)  # lengths differ: the walk
+    shorter = served("", 5)  # whole, and shorter than the rest: it must not wait
+    assert len(data + shorter) // size == 5
+    assert loadgen._uniform(data + shorter) == (0, 0)
+    assert loadgen._uniform(data + shorter[:-1]) == (5, 5 * size)  # incomplete: it may
