@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TEXT_SIZE = 64  # bytes of chat text, as in the reference figures
 # A loop whose CPU use passes this share of one core is the bottleneck, not the server.
@@ -117,6 +119,18 @@ def _frame_bounds(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]
     if end - pos < h + n:
         return 0, 0
     return h, n
+
+
+_SEQ_TEXTS: list[bytes] = []  # b"0", b"1", ...: what a counting client expects to find
+
+
+def _seq_texts(upto: int) -> list[bytes]:
+    """`_SEQ_TEXTS` with at least `upto` entries. Comparing the found digits with these
+    (C loops) costs less than converting each to an int and comparing with a range."""
+    texts = _SEQ_TEXTS
+    if len(texts) < upto:
+        texts.extend(b"%d" % i for i in range(len(texts), max(upto, 2 * len(texts))))
+    return texts
 
 
 def _uniform(buf: bytes | bytearray) -> tuple[int, int]:
@@ -524,13 +538,12 @@ class Client(asyncio.BufferedProtocol):
         if st is None or not n:
             return True
         self.chats += n
-        nums = list(map(int, found))
         nxt = st.next
-        if nums == list(range(nxt, nxt + n)):  # the usual case: exactly the next ones
+        if found == _seq_texts(nxt + n)[nxt : nxt + n]:  # the usual case: the next ones
             st.next = nxt + n
             st.count += n
         else:
-            for seq in nums:
+            for seq in map(int, found):
                 st.add(seq)
         if not st.complete and st.next > st.last:
             self._stream_complete(st)
@@ -591,7 +604,7 @@ class Client(asyncio.BufferedProtocol):
             self._joined(payload.count(_MEMBER), {"type": "joined"})
             return
         try:
-            msg = json.loads(payload)
+            msg = orjson.loads(payload)  # probes decode every frame: ~3x cheaper than json
             kind = msg.get("type")
         except (ValueError, AttributeError):
             self.run.errors["bad_json_from_server"] += 1

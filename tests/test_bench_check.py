@@ -101,3 +101,28 @@ def test_a_chunk_cut_mid_frame_is_counted_without_a_walk() -> None:
     assert len(data + shorter) // size == 5
     assert loadgen._uniform(data + shorter) == (0, 0)
     assert loadgen._uniform(data + shorter[:-1]) == (5, 5 * size)  # incomplete: it may
+
+
+async def test_a_counting_client_finds_gaps_duplicates_and_reorders() -> None:
+    """The counting fast path takes a chunk whose sequence numbers are exactly the next
+    ones; any other chunk is counted number by number, so nothing wrong passes unseen."""
+    run = loadgen.Run()
+    client = loadgen.Client(run, 0, loadgen.Target.parse("ws://127.0.0.1:1/ws"), probe=False)
+    client._handshake = None  # as after the upgrade
+    client.expect({0: 11})
+
+    def chunk(*seqs: int) -> bytes:
+        texts = (loadgen.chat_text(seq, 0, 10**18) for seq in seqs)
+        return b"".join(
+            text_frame(f'{{"type":"chat","room":"r","text":"{t}"}}'.encode()) for t in texts
+        )
+
+    client.data_received(chunk(0, 1, 2, 3))  # in order
+    client.data_received(chunk(4, 6, 7))  # 5 skipped
+    client.data_received(chunk(7, 5))  # a duplicate, then 5 late
+    client.data_received(chunk(8, 9, 10, 11)[:-5])  # cut mid-frame: 11 waits
+    stream = client.streams[0]
+    assert (stream.next, stream.count, stream.dups, stream.reorders) == (11, 11, 1, 1)
+    assert not stream.missing and not stream.complete
+    client.data_received(chunk(8, 9, 10, 11)[-5:])
+    assert stream.complete and stream.count == 12 and client.chats == 13
