@@ -529,7 +529,7 @@ class Client(asyncio.BufferedProtocol):
         found = _SEQ.findall(buf, 0, end) if st is not None else []
         n = len(found)
         rest = texts - n  # text frames that are not our chats: presence online, or unusual
-        if rest and buf.count(b'"online"', 0, end) != rest:
+        if rest and buf.count(_ONLINE, 0, end) != rest:
             return False
         self.frames += texts
         if rest:

@@ -79,6 +79,14 @@ async def test_the_load_generator_counts_presence_and_joined_from_their_bytes() 
     assert client.joined_members == 2 and client.joined.done()
     assert run.errors == {"bad_json_from_server": 1}
 
+    counting = loadgen.Client(run, 1, loadgen.Target.parse("ws://127.0.0.1:1/ws"), probe=False)
+    counting._handshake = None  # as after the upgrade
+    flood = [("a", "A", "online"), ("b", "online", "offline")]  # a user named "online"
+    counting.data_received(
+        b"".join(text_frame(protocol.presence(u, n, "storm", st)) for u, n, st in flood)
+    )
+    assert counting.presence == 1
+
 
 def test_a_chunk_cut_mid_frame_is_counted_without_a_walk() -> None:
     """A full read buffer ends inside a frame; the whole frames before it are still checked
