@@ -59,7 +59,7 @@ READ_SIZE = 65536
 # Other processes using this share of a core during a window make its figures suspect.
 NOISY_UTIL = 0.10
 
-_SEQ = re.compile(rb"seq=(\d+);")  # counting subscribers: one publisher, seq only
+_SEQ = re.compile(rb"seq=\d+;")  # counting subscribers: one publisher, seq only
 _TEXT = re.compile(r"seq=(\d+);p=(\d+);t=(\d+);")  # probes: the whole marker
 _PRESENCE = b'{"type":"presence",'  # how gochat's presence frames start (orjson, no spaces)
 _ONLINE = b'"status":"online"'
@@ -121,16 +121,16 @@ def _frame_bounds(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]
     return h, n
 
 
-_SEQ_TEXTS: list[bytes] = []  # b"0", b"1", ...: what a counting client expects to find
+_SEQ_FIELDS: list[bytes] = []  # b"seq=0;", b"seq=1;", ...: what counting clients expect
 
 
-def _seq_texts(upto: int) -> list[bytes]:
-    """`_SEQ_TEXTS` with at least `upto` entries. Comparing the found digits with these
+def _seq_fields(upto: int) -> list[bytes]:
+    """`_SEQ_FIELDS` with at least `upto` entries. Comparing the fields found with these
     (C loops) costs less than converting each to an int and comparing with a range."""
-    texts = _SEQ_TEXTS
-    if len(texts) < upto:
-        texts.extend(b"%d" % i for i in range(len(texts), max(upto, 2 * len(texts))))
-    return texts
+    fields = _SEQ_FIELDS
+    if len(fields) < upto:
+        fields.extend(b"seq=%d;" % i for i in range(len(fields), max(upto, 2 * len(fields))))
+    return fields
 
 
 def _uniform(buf: bytes | bytearray) -> tuple[int, int]:
@@ -486,10 +486,11 @@ class Client(asyncio.BufferedProtocol):
             chunk = buf
         texts, end = _uniform(chunk)
         if texts:
-            other = False
+            other, stride = False, end // texts
         else:
             end, texts, other = _walk(chunk)
-        if end and (other or self.probe or not self._count(chunk, end, texts)):
+            stride = 0
+        if end and (other or self.probe or not self._count(chunk, end, texts, stride)):
             self._slow(chunk, end, time.monotonic_ns() if self.probe else 0)
         if chunk is buf:
             del buf[:end]
@@ -519,13 +520,20 @@ class Client(asyncio.BufferedProtocol):
         if rest:
             self.data_received(rest)
 
-    def _count(self, buf: bytes | bytearray, end: int, texts: int) -> bool:
+    def _count(self, buf: bytes | bytearray, end: int, texts: int, stride: int = 0) -> bool:
         """Fast path: account for a chunk of whole text frames without decoding them.
 
         Handles chunks made only of chat frames from the one publisher this client counts
         and of `presence` online frames (the join floods); returns False, having changed
-        nothing, for anything else, which then takes the slow path."""
+        nothing, for anything else, which then takes the slow path. `stride`: the frames'
+        common length, when they all have one (`_uniform`)."""
         st = self._single
+        if st is not None and stride and self._next_ones(st, buf, end, texts, stride):
+            self.frames += texts
+            self.chats += texts
+            if not st.complete and st.next > st.last:
+                self._stream_complete(st)
+            return True
         found = _SEQ.findall(buf, 0, end) if st is not None else []
         n = len(found)
         rest = texts - n  # text frames that are not our chats: presence online, or unusual
@@ -539,14 +547,39 @@ class Client(asyncio.BufferedProtocol):
             return True
         self.chats += n
         nxt = st.next
-        if found == _seq_texts(nxt + n)[nxt : nxt + n]:  # the usual case: the next ones
+        if found == _seq_fields(nxt + n)[nxt : nxt + n]:  # the usual case: the next ones
             st.next = nxt + n
             st.count += n
         else:
-            for seq in map(int, found):
-                st.add(seq)
+            for field in found:
+                st.add(int(field[4:-1]))
         if not st.complete and st.next > st.last:
             self._stream_complete(st)
+        return True
+
+    @staticmethod
+    def _next_ones(st: Stream, buf: bytes | bytearray, end: int, k: int, stride: int) -> bool:
+        """Whether the k frames of `stride` bytes in buf[:end] carry exactly the stream's next
+        k sequence numbers; if so, they are counted. A publisher's texts all start with their
+        `seq=<n>;`, so when the k fields have one length they sit at one offset in every
+        frame: a strided slice per byte of the field, compared with the expected fields'
+        bytes, checks them all without scanning the chunk (the regex's cost, most of a
+        counting client's at a million deliveries a second)."""
+        nxt = st.next
+        fields = _seq_fields(nxt + k)
+        first = fields[nxt]
+        size = len(first)
+        if len(fields[nxt + k - 1]) != size:
+            return False  # crosses a power of ten: the regex takes it
+        at = buf.find(first, 0, stride)
+        if at < 0:
+            return False
+        want = b"".join(fields[nxt : nxt + k])
+        for j in range(size):
+            if buf[at + j : end : stride] != want[j::size]:
+                return False
+        st.next = nxt + k
+        st.count += k
         return True
 
     def _joined(self, members: int, msg: dict[str, Any]) -> None:

@@ -134,3 +134,10 @@ async def test_a_counting_client_finds_gaps_duplicates_and_reorders() -> None:
     assert not stream.missing and not stream.complete
     client.data_received(chunk(8, 9, 10, 11)[-5:])
     assert stream.complete and stream.count == 12 and client.chats == 13
+
+    other = loadgen.Client(run, 1, loadgen.Target.parse("ws://127.0.0.1:1/ws"), probe=False)
+    other._handshake = None
+    other.expect({0: 11})
+    other.data_received(chunk(0, 1, 3, 2))  # right first and length, wrong order inside
+    stream = other.streams[0]
+    assert (stream.next, stream.count, stream.reorders, stream.missing) == (4, 4, 1, set())
