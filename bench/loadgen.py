@@ -310,6 +310,30 @@ class Stream:
         else:
             self.dups += 1
 
+    def take_run(self, buf: bytes | bytearray, end: int, k: int, stride: int) -> bool:
+        """Whether the k frames of `stride` bytes in buf[:end] carry exactly this stream's next
+        k sequence numbers; if so, they are counted. A publisher's texts all start with their
+        `seq=<n>;`, so when the k fields have one length they sit at one offset in every
+        frame: a strided slice per byte of the field, compared with the expected fields'
+        bytes, checks them all without scanning the chunk (the regex's cost, most of a
+        counting client's at a million deliveries a second)."""
+        nxt = self.next
+        fields = _seq_fields(nxt + k)
+        first = fields[nxt]
+        size = len(first)
+        if len(fields[nxt + k - 1]) != size:
+            return False  # crosses a power of ten: the regex takes it
+        at = buf.find(first, 0, stride)
+        if at < 0:
+            return False
+        want = b"".join(fields[nxt : nxt + k])
+        for j in range(size):
+            if buf[at + j : end : stride] != want[j::size]:
+                return False
+        self.next = nxt + k
+        self.count += k
+        return True
+
     @property
     def undelivered(self) -> int:
         """Messages after the highest one received: not lost in a gap, just never arrived."""
@@ -528,7 +552,7 @@ class Client(asyncio.BufferedProtocol):
         nothing, for anything else, which then takes the slow path. `stride`: the frames'
         common length, when they all have one (`_uniform`)."""
         st = self._single
-        if st is not None and stride and self._next_ones(st, buf, end, texts, stride):
+        if st is not None and stride and st.take_run(buf, end, texts, stride):
             self.frames += texts
             self.chats += texts
             if not st.complete and st.next > st.last:
@@ -555,31 +579,6 @@ class Client(asyncio.BufferedProtocol):
                 st.add(int(field[4:-1]))
         if not st.complete and st.next > st.last:
             self._stream_complete(st)
-        return True
-
-    @staticmethod
-    def _next_ones(st: Stream, buf: bytes | bytearray, end: int, k: int, stride: int) -> bool:
-        """Whether the k frames of `stride` bytes in buf[:end] carry exactly the stream's next
-        k sequence numbers; if so, they are counted. A publisher's texts all start with their
-        `seq=<n>;`, so when the k fields have one length they sit at one offset in every
-        frame: a strided slice per byte of the field, compared with the expected fields'
-        bytes, checks them all without scanning the chunk (the regex's cost, most of a
-        counting client's at a million deliveries a second)."""
-        nxt = st.next
-        fields = _seq_fields(nxt + k)
-        first = fields[nxt]
-        size = len(first)
-        if len(fields[nxt + k - 1]) != size:
-            return False  # crosses a power of ten: the regex takes it
-        at = buf.find(first, 0, stride)
-        if at < 0:
-            return False
-        want = b"".join(fields[nxt : nxt + k])
-        for j in range(size):
-            if buf[at + j : end : stride] != want[j::size]:
-                return False
-        st.next = nxt + k
-        st.count += k
         return True
 
     def _joined(self, members: int, msg: dict[str, Any]) -> None:
