@@ -1,12 +1,16 @@
 # One gochat node. `docker compose up` runs two of them behind nginx with Redis (compose.yaml).
+# Installs exactly what uv.lock says (runtime packages only), as `make run` does.
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY requirements-uv.txt ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements-uv.txt
+COPY pyproject.toml uv.lock README.md ./
 COPY gochat ./gochat
 COPY web ./web
 COPY admin ./admin
-RUN pip install --no-cache-dir . && useradd --system gochat
+ENV UV_PROJECT_ENVIRONMENT=/app/.venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
+RUN uv sync --locked --no-editable --no-cache && useradd --system gochat
+ENV PATH=/app/.venv/bin:$PATH HOST=0.0.0.0 PORT=8080
 USER gochat
-ENV HOST=0.0.0.0 PORT=8080
 EXPOSE 8080
 CMD ["gochat"]

@@ -281,7 +281,7 @@ class RedisBroker(Broker):
                 await self._read_until_confirmed(pubsub, set(missing))
                 done.update(missing)
         except BaseException:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             raise
         self._pubsub = pubsub
         self._probe_sent = None
@@ -427,7 +427,7 @@ class RedisBroker(Broker):
                     fut.set_result(None)  # subscribe() returns; the next connect covers it
         self._confirm.clear()
         if pubsub is not None:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     # --- heartbeat, reaper, presence re-registration ---------------------------------------
 
