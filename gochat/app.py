@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from .admin import add_admin
+from .aiohttp_internals import detect, log_fast_paths
 from .assets import asset_dir
 from .brokers import Broker, create_broker
 from .client import Client
@@ -16,7 +17,7 @@ from .events import EventTap
 from .firstframe import FirstFrameWatch
 from .heartbeat import ABNORMAL, PING_FRAME, Heartbeat
 from .hub import Hub
-from .keys import BROKER, FIRST_FRAME, HUB, SETTINGS, TAP
+from .keys import BROKER, FAST_PATHS, FIRST_FRAME, HUB, SETTINGS, TAP
 from .protocol import CloseCode
 from .ws import chat_ws
 
@@ -135,6 +136,8 @@ def create_app(
     # after this long; it is also the idle limit between keep-alive requests.
     app = web.Application(handler_args={"keepalive_timeout": settings.handshake_timeout or 75.0})
     app[SETTINGS] = settings
+    fast = app[FAST_PATHS] = detect(settings.fast_paths)
+    log_fast_paths(fast)
     tap = app[TAP] = EventTap(settings.node_id)
     broker = app[BROKER] = broker if broker is not None else create_broker(settings)
     hub = app[HUB] = Hub(settings, broker, tap)

@@ -7,8 +7,6 @@ import time
 
 from aiohttp import web
 
-from .fastpath import direct_fd
-
 
 class Client:
     """A WebSocket connection as the Hub sees it. The Hub never awaits it."""
@@ -46,6 +44,7 @@ class Client:
         ws: web.WebSocketResponse | None,
         transport: asyncio.Transport | None,
         allowed_rooms: frozenset[str] | None = None,
+        fd: int = -1,
     ) -> None:
         self.id = conn_id
         self.user_id = user_id
@@ -53,7 +52,9 @@ class Client:
         self.remote = remote
         self.ws = ws
         self.transport = transport
-        self.fd = direct_fd(transport)  # fastpath.Outbox writes here when nothing is buffered
+        # the socket fastpath.Outbox writes to itself when the transport holds nothing, or -1
+        # (FastPaths.direct_fd)
+        self.fd = fd
         self.rooms: set[str] = set()
         self.pending: bytes | list[bytes] | None = None  # this tick's frames (fastpath.Outbox)
         self.closed = False

@@ -130,6 +130,13 @@ OPTIONS: tuple[Option, ...] = (
         "auto (uvloop where installed), uvloop or asyncio",
         "--event-loop",
     ),
+    Option(
+        "fast_paths",
+        "GOCHAT_FAST_PATHS",
+        "1: take the shortcuts through aiohttp's insides that pass their start-up checks; "
+        "0: public aiohttp API only (slower)",
+        "--fast-paths",
+    ),
 )
 
 
@@ -163,6 +170,7 @@ class Settings(BaseModel):
     write_timeout: float = Field(30, ge=0)
     log_level: str = "INFO"
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    fast_paths: bool = True
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

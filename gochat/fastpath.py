@@ -15,7 +15,7 @@ Why it is shaped this way (see docs/performance.md for the measurements):
   bookkeeping (about 0.7 µs per delivery under uvloop, the largest part of the server's own
   CPU at low load). Whatever the kernel does not take, and every error, is handed to the
   transport, so it still owns buffering, flow control and closing. Only plain socket
-  transports qualify (`direct_fd`).
+  transports qualify (`client.fd`, from FastPaths.direct_fd in aiohttp_internals.py).
 - `transport.write` never blocks. What the kernel did not take stays in the transport's
   buffer, and that buffer, in bytes, is the slow-consumer rule: past the limit the client
   is closed with 1013. A reader that keeps up never accumulates, however bursty the room.
@@ -23,7 +23,7 @@ Why it is shaped this way (see docs/performance.md for the measurements):
   through the Outbox, heartbeat.py); its frames and ours are whole frames written
   synchronously, so they interleave only at frame boundaries.
 - On the way in, a chat frame is handled in aiohttp's data callback rather than by waking
-  the connection's task (`InlineQueue`, at the end of this module), whenever that cannot
+  the connection's task (the inline reader of aiohttp_internals.py), whenever that cannot
   overtake an earlier frame.
 """
 
@@ -35,36 +35,11 @@ import struct
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiohttp import WSMsgType, web
-from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
-from aiohttp.helpers import DEFAULT_CHUNK_SIZE
-
 if TYPE_CHECKING:
     from .client import Client
 
-# The inbound shortcut copies a private method of aiohttp's (ChatSocket): only on the minor
-# release it was written against; elsewhere frames take aiohttp's own path, and
-# tests/test_inline.py fails so that whoever upgrades looks at it.
-INLINE_SUPPORTED = aiohttp.__version__.startswith("3.14.")
-_TEXT = WSMsgType.TEXT
-
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
-
-
-# Transports that write a bytes object with one send() of the socket when their buffer is
-# empty and keep nothing else in between: writing to the socket ourselves then is the same.
-# TLS transports are not among them (their socket carries records, not our bytes).
-_PLAIN_TRANSPORTS = frozenset({"TCPTransport", "UnixTransport", "_SelectorSocketTransport"})
-
-
-def direct_fd(transport: asyncio.BaseTransport | None) -> int:
-    """The socket `Outbox.flush` may write to itself when `transport` holds nothing, or -1."""
-    if transport is None or type(transport).__name__ not in _PLAIN_TRANSPORTS:
-        return -1
-    sock = transport.get_extra_info("socket")
-    return sock.fileno() if sock is not None else -1
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -308,61 +283,3 @@ class Outbox:
             self._sweeper.cancel()
             self._sweeper = None
         self._backlog.clear()
-
-
-# --------------------------------------------------------------------------- inbound
-#
-# The read side's shortcut. aiohttp parses frames in its data callback, queues each message
-# and wakes the connection's handler task, which resumes through aiohttp's handler chain
-# (request handler, middleware, our handler, read loop, `receive`, the queue's `read`) for
-# every frame. For a chat frame that wake-up costs more than the Hub's whole handling of it
-# (docs/performance.md, S2). `InlineQueue` offers a text frame to a synchronous handler
-# first, from inside the data callback, when nothing can be overtaken: the read loop is
-# parked in `receive` and the queue is empty. The handler takes the common case (a chat
-# that needs no waiting) and declines the rest, which is queued and read by the task as
-# before; so every frame of a connection is still acted on in the order it arrived.
-
-
-class InlineQueue(WebSocketDataQueue):
-    """aiohttp's per-connection message queue, with `inline` tried before queueing."""
-
-    __slots__ = ("inline",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # set by the read loop while it waits in `receive`; returns True if it took the text
-        self.inline: Callable[[str], bool] | None = None
-
-    def feed_data(self, data: Any, size: int) -> None:
-        inline = self.inline
-        if inline is not None and data[0] is _TEXT and not self._buffer and inline(data[1]):
-            return
-        WebSocketDataQueue.feed_data(self, data, size)
-
-
-class ChatSocket(web.WebSocketResponse):
-    """A WebSocketResponse whose reader feeds an `InlineQueue` (`inline_queue` after
-    `prepare`), or, with an aiohttp this was not written against, a plain one (None)."""
-
-    inline_queue: InlineQueue | None = None
-
-    def _post_start(self, request: Any, protocol: Any, writer: Any) -> None:
-        if not INLINE_SUPPORTED:
-            super()._post_start(request, protocol, writer)
-            return
-        # aiohttp 3.14's own _post_start, with our queue in place of its WebSocketDataQueue
-        # (the reader holds the queue in a C field, so it cannot be swapped in afterwards)
-        self._ws_protocol = protocol
-        self._writer = writer
-        self._reset_heartbeat()
-        queue = InlineQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
-        self._reader = self.inline_queue = queue
-        self._parser = WebSocketReader(
-            queue,
-            self._max_msg_size,
-            compress=bool(self._compress),
-            decode_text=self._decode_text,
-        )
-        cb = None if self._heartbeat is None else self._on_data_received
-        request.protocol.set_parser(self._parser, data_received_cb=cb)
-        request.protocol.keep_alive(False)

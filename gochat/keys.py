@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .aiohttp_internals import FastPaths
 from .brokers.base import Broker
 from .config import Settings
 from .console import Console
@@ -18,4 +19,5 @@ TAP = web.AppKey("tap", EventTap)
 HUB = web.AppKey("hub", Hub)
 CONSOLE = web.AppKey("console", Console)
 METRICS = web.AppKey("metrics", Metrics)
+FAST_PATHS = web.AppKey("fast_paths", FastPaths)
 FIRST_FRAME = web.AppKey("first_frame", FirstFrameWatch)  # absent when the timeout is off

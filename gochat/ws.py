@@ -12,19 +12,17 @@ import functools
 import logging
 import secrets
 import time
-from collections import deque
-from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from . import protocol
+from .aiohttp_internals import FastPaths, InlineHook
 from .auth import AuthError, verify
 from .client import Client
 from .config import Settings
-from .fastpath import ChatSocket, InlineQueue
 from .heartbeat import pong_frame
 from .hub import MAX_IN_FLIGHT, Hub
-from .keys import FIRST_FRAME, HUB, SETTINGS
+from .keys import FAST_PATHS, FIRST_FRAME, HUB, SETTINGS
 from .protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,8 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         name = display_name(request.query.get("name"))
         user_id = name
 
-    ws = ChatSocket(
+    fast = request.app[FAST_PATHS]
+    ws = fast.new_socket(
         # pings: one sweep for every connection (heartbeat.py), not aiohttp's timer each;
         # so pings and pongs come to the read loop, which answers pings itself
         heartbeat=None,
@@ -113,9 +112,18 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         timeout=max(settings.shutdown_grace, 1.0),
     )
     await ws.prepare(request)
-    release_http_parser(request)
+    fast.after_upgrade(request)  # drops aiohttp's HTTP parser: memory per idle connection
     transport = request.transport
-    client = Client(hub.next_conn_id(), user_id, name, remote, ws, transport, allowed_rooms)
+    client = Client(
+        hub.next_conn_id(),
+        user_id,
+        name,
+        remote,
+        ws,
+        transport,
+        allowed_rooms,
+        fd=fast.direct_fd(transport),
+    )
     hub.connect(client)
     loop = asyncio.get_running_loop()
     watch = request.app.get(FIRST_FRAME)
@@ -131,7 +139,7 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
             "token expired",
         )
     try:
-        await read_loop(hub, client, ws, settings)
+        await read_loop(hub, client, ws, settings, fast)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -154,41 +162,9 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
             # close frame a grace period, then abort. (Only then: the timer keeps the
             # connection's buffers alive until it fires.)
             loop.call_later(max(settings.shutdown_grace, 1.0), abort_if_stuck, transport)
-        # A connection reset leaves aiohttp's exception on the response, and its traceback
-        # holds the frames that hold the response: a cycle only a full collection frees
-        # (tests/test_churn.py). getattr: a private field of aiohttp's (3.14).
-        if getattr(ws, "_exception", None) is not None:
-            ws._exception = None
+        # a connection reset's exception would keep the response in a reference cycle
+        fast.after_close(ws)
     return ws
-
-
-# Always empty, shared by every upgraded connection: appends are discarded (maxlen 0)
-NO_HTTP_MESSAGES: deque[Any] = deque(maxlen=0)
-
-
-def release_http_parser(request: web.Request) -> None:
-    """Drop aiohttp's HTTP parser and request queue once the upgrade is accepted: ~2.5 KB
-    per connection.
-
-    aiohttp keeps both until the connection is lost: the parser with its copy of the upgrade
-    request's header lists and its llhttp state (~1.7 KB), and the empty queue of pipelined
-    requests (a deque, ~0.76 KB). It never uses either again after an accepted upgrade:
-    every use is behind `not _upgraded` or `_payload_parser is None` (a declined upgrade),
-    and the WebSocket reader (set by `prepare`, which also fed it any bytes after the
-    request) gets the data. An upgrade not yet complete (a request body still to come)
-    keeps both.
-    """
-    proto = request.protocol
-    # getattr: these are aiohttp's private fields (3.14); if a release renames them, this
-    # does nothing rather than break every connection (tests/test_churn.py then fails)
-    if (
-        getattr(proto, "_upgraded", False)
-        and getattr(proto, "_payload_parser", None) is not None
-        and isinstance(getattr(proto, "_messages", None), deque)
-        and not proto._messages
-    ):
-        proto._parser = None
-        proto._messages = NO_HTTP_MESSAGES
 
 
 def abort_if_stuck(transport: asyncio.Transport) -> None:
@@ -206,9 +182,9 @@ async def close(hub: Hub, client: Client, ws: web.WebSocketResponse, code: int, 
 
 
 async def read_loop(
-    hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings
+    hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings, fast: FastPaths
 ) -> None:
-    queue = ws.inline_queue if isinstance(ws, ChatSocket) else None
+    queue = fast.inline_queue(ws)
     try:
         await read_frames(hub, client, ws, settings, queue)
     finally:
@@ -221,7 +197,7 @@ async def read_frames(
     client: Client,
     ws: web.WebSocketResponse,
     settings: Settings,
-    queue: InlineQueue | None,
+    queue: InlineHook | None,
 ) -> None:
     rate = settings.rate
     inline = functools.partial(take_inline, hub, client) if queue is not None else None
@@ -266,7 +242,7 @@ async def read_frames(
 
 def take_inline(hub: Hub, client: Client, raw: str) -> bool:
     """Act on a text frame inside aiohttp's data callback, while the read loop waits with
-    nothing queued (fastpath.InlineQueue): True if taken, False to leave it to the loop.
+    nothing queued (aiohttp_internals' inline reader): True if taken, False to leave it.
 
     It takes a chat that is valid, within the rate, and needs no wait for the broker: the
     common case, and the one whose task wake-up would cost more than the Hub's work. It

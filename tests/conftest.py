@@ -23,12 +23,28 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module marked `both_fast_paths` runs each of its app tests twice: with the shortcuts
+    through aiohttp's insides (the default) and with public aiohttp API only."""
+    if metafunc.definition.get_closest_marker("both_fast_paths") and (
+        "fast_paths" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("fast_paths", [True, False], ids=["fast", "public"], indirect=True)
+
+
 @pytest.fixture
-def make_chat(aiohttp_client: Any) -> MakeChat:
+def fast_paths(request: pytest.FixtureRequest) -> bool:
+    """GOCHAT_FAST_PATHS for the apps `make_chat` builds (on unless parametrized)."""
+    return bool(getattr(request, "param", True))
+
+
+@pytest.fixture
+def make_chat(aiohttp_client: Any, fast_paths: bool) -> MakeChat:
     """`await make_chat(**settings)`: a TestClient on a fresh app with those settings."""
 
     async def make(**overrides: Any) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings(**overrides)))
+        settings = make_settings(**{"fast_paths": fast_paths, **overrides})
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
         return client
 
     return make

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gochat.aiohttp_internals import http_parser_released
 from gochat.client import Client
 from gochat.keys import BROKER, HUB
 
@@ -111,10 +112,7 @@ async def test_upgraded_connection_drops_its_http_parser_and_queue(
         await until(lambda: any(c.rooms for c in hub.clients.values()), what="joined")
         (client,) = hub.clients.values()
         assert client.transport is not None
-        protocol = client.transport.get_protocol()
-        assert protocol._upgraded and protocol._payload_parser is not None  # type: ignore[attr-defined]
-        assert protocol._parser is None  # type: ignore[attr-defined]
-        assert protocol._messages.maxlen == 0  # type: ignore[attr-defined]  # the shared empty one
+        assert http_parser_released(client.transport.get_protocol())
     finally:
         writer.close()
 

@@ -22,6 +22,9 @@ from .conftest import MakeChat
 from .rawws import RawWS
 from .util import connect, expect_close, join, recv, recv_type, until
 
+# the contract holds on the shortcuts through aiohttp and on its public API alike
+pytestmark = pytest.mark.both_fast_paths
+
 
 async def assert_serving(chat: TestClient[Any, Any], ws: Any | None = None) -> None:
     """The connection (when given) and the server still work: a chat round trip."""

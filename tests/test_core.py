@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gochat.keys import HUB
 
 from .util import connect, join, nothing_more, recv, recv_type, until
+
+# the contract holds on the shortcuts through aiohttp and on its public API alike
+pytestmark = pytest.mark.both_fast_paths
 
 
 async def test_welcome_join_chat_presence(chat: TestClient[Any, Any]) -> None:

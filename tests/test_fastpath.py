@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import uvloop
 
+from gochat.aiohttp_internals import detect
 from gochat.client import Client
-from gochat.fastpath import Outbox, direct_fd, text_frame
+from gochat.fastpath import Outbox, text_frame
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -60,7 +61,7 @@ async def connected(sndbuf: int = 0) -> tuple[asyncio.Transport, Sink, socket.so
 
 
 def client_on(transport: asyncio.Transport) -> Client:
-    return Client("c1", "u1", "ann", "127.0.0.1", None, transport)
+    return Client("c1", "u1", "ann", "127.0.0.1", None, transport, fd=detect().direct_fd(transport))
 
 
 async def read_exactly(peer: socket.socket, n: int) -> bytes:
@@ -102,10 +103,12 @@ def test_direct_fd_only_for_plain_socket_transports(kind: str) -> None:
     async def main() -> None:
         transport, _, peer = await connected()
         sock = transport.get_extra_info("socket")
+        direct_fd = detect().direct_fd
         assert direct_fd(transport) == sock.fileno() >= 0
         assert client_on(transport).fd == sock.fileno()
         assert direct_fd(None) == -1
         assert direct_fd(asyncio.Transport()) == -1  # e.g. TLS: the socket carries records
+        assert detect(enabled=False).direct_fd(transport) == -1
 
     run_on(kind, main)
 

@@ -1,5 +1,5 @@
-"""The read side's shortcut (fastpath.InlineQueue, ws.take_inline): chat frames handled in
-aiohttp's data callback while the read loop waits, and never ahead of a frame before them."""
+"""The read side's shortcut (aiohttp_internals' inline reader, ws.take_inline): chat frames
+handled in aiohttp's data callback while the read loop waits, never ahead of an earlier one."""
 
 from __future__ import annotations
 
@@ -7,23 +7,13 @@ import asyncio
 import json
 from typing import Any
 
-import aiohttp
-import pytest
 from aiohttp.test_utils import TestClient
 
-from gochat import fastpath
 from gochat.keys import HUB
 
 from .conftest import MakeChat
 from .rawws import RawWS
 from .util import connect, join, recv, recv_type
-
-
-def test_the_installed_aiohttp_is_the_one_the_shortcut_was_written_for() -> None:
-    """ChatSocket._post_start copies aiohttp 3.14's. With another release the shortcut turns
-    itself off (frames still work, slower): compare that method with the new release's,
-    then widen fastpath.INLINE_SUPPORTED."""
-    assert fastpath.INLINE_SUPPORTED, aiohttp.__version__
 
 
 async def test_a_chat_is_taken_inline(chat: TestClient[Any, Any]) -> None:
@@ -42,11 +32,8 @@ async def test_a_chat_is_taken_inline(chat: TestClient[Any, Any]) -> None:
     assert (err["code"], err["ref"]) == ("not_in_room", "n")
 
 
-async def test_without_the_shortcut_frames_take_the_read_loop(
-    make_chat: MakeChat, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(fastpath, "INLINE_SUPPORTED", False)
-    chat = await make_chat()
+async def test_without_the_shortcut_frames_take_the_read_loop(make_chat: MakeChat) -> None:
+    chat = await make_chat(fast_paths=False)
     hub = chat.app[HUB]
     ws, _ = await connect(chat, "plain")
     await join(ws, "lobby")
