@@ -246,8 +246,9 @@ class Deployment:
 async def deploy(
     kind: str, logdir: Path, core: int | None, nodes: int = 1, ready_timeout: float = 30.0
 ) -> AsyncIterator[Deployment]:
-    """Start `kind` ("gochat" or "naive"; gochat with nodes=2 adds a private Redis), yield
-    it once it serves, and end every process of it afterwards, whatever happened."""
+    """Start `kind` ("gochat", "gochat-public" = gochat with GOCHAT_FAST_PATHS=0, or "naive";
+    gochat with nodes=2 adds a private Redis), yield it once it serves, and end every process
+    of it afterwards, whatever happened."""
     dep = Deployment([], [])
     try:
         if kind == "naive":
@@ -257,8 +258,9 @@ async def deploy(
             dep.children.append(child)
             await _ready(child, lambda: _http_ok(port, "/healthz"), ready_timeout)
             dep.urls, dep.pids, dep.presence = [f"ws://127.0.0.1:{port}/ws"], [child.pid], False
-        elif kind == "gochat":
-            extra: dict[str, str] = {}
+        elif kind in ("gochat", "gochat-public"):
+            # gochat-public: aiohttp's public API only, to measure what the shortcuts save
+            extra = {"GOCHAT_FAST_PATHS": "0"} if kind == "gochat-public" else {}
             if nodes > 1:
                 redis_bin = shutil.which("redis-server")
                 if redis_bin is None:
@@ -282,7 +284,7 @@ async def deploy(
                 await _ready(redis, lambda: _redis_ok(rport), ready_timeout)
                 dep.aux_pids["redis"] = redis.pid
                 # A prefix of its own, so that nothing else in this Redis is ever touched.
-                extra = {
+                extra |= {
                     "REDIS_URL": f"redis://127.0.0.1:{rport}/0",
                     "GOCHAT_PREFIX": f"bench{secrets.token_hex(4)}:",
                 }
@@ -570,6 +572,7 @@ async def bench(o: Options, emit: Callable[[dict[str, Any]], None], round_no: in
                         functools.partial(run_s1, o, server, rate),
                     )
                 compare(("S1", "gochat", rate), ("S1", "naive", rate))
+                compare(("S1", "gochat-public", rate), ("S1", "naive", rate))
         elif sc == "S4":
             if "gochat" not in o.servers:
                 continue
@@ -584,6 +587,7 @@ async def bench(o: Options, emit: Callable[[dict[str, Any]], None], round_no: in
             for server in servers:
                 await measure(f"{sc} {server}", functools.partial(runners[sc], server))
             compare((sc, "gochat", rate_key), (sc, "naive", rate_key))
+            compare((sc, "gochat-public", rate_key), (sc, "naive", rate_key))
     return failures
 
 
@@ -645,7 +649,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="\n".join(__doc__.split("\n\n")[1:]),
     )
     p.add_argument("--scenario", default="all", help="comma-separated S1..S5, or all")
-    p.add_argument("--servers", default="gochat,naive", help="gochat, naive or both")
+    p.add_argument(
+        "--servers",
+        default="gochat,naive",
+        help="any of gochat, naive and gochat-public (gochat with GOCHAT_FAST_PATHS=0)",
+    )
     p.add_argument("--rates", default="50,100,200,400,1000", help="S1 rates, msg/s")
     p.add_argument("--s4-rates", default="50,100,400", help="S4 rates, msg/s")
     p.add_argument("--s2-rate", type=float, default=1000.0, help="S2 rate, msg/s in all")
@@ -700,13 +708,16 @@ def main(argv: list[str] | None = None) -> int:
         log("fewer than 2 cores: nothing pinned, figures are not comparable to the reference")
     scenarios = ALL_SCENARIOS if args.scenario == "all" else args.scenario.upper().split(",")
     bad = [s for s in scenarios if s not in ALL_SCENARIOS] + [
-        s for s in servers if s not in ("gochat", "naive")
+        s for s in servers if s not in ("gochat", "gochat-public", "naive")
     ]
     if bad:
         print(f"unknown scenario or server: {', '.join(bad)}", file=sys.stderr)
         return 2
     out = open(args.out, "a") if args.out else None
     lines: list[dict[str, Any]] = []
+
+    def emit_tagged(tag: dict[str, Any], line: dict[str, Any]) -> None:
+        emit(line | tag)
 
     def emit(line: dict[str, Any]) -> None:
         lines.append(line)
@@ -746,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.repeat > 1:
                     log(f"round {n} of {args.repeat}")
                 tag = {"round": n} if args.repeat > 1 else {}
-                failures += asyncio.run(bench(o, lambda line, tag=tag: emit(line | tag), n))
+                failures += asyncio.run(bench(o, functools.partial(emit_tagged, tag), n))
             if args.repeat > 1:
                 for row in report.medians(lines):
                     emit(row | {"kind": "median" if row["kind"] == "result" else "median_ratio"})

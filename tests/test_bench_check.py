@@ -6,6 +6,8 @@ checked by sequence number on every client (bench/loadgen.py).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from bench import loadgen, report
 from bench.run import pair_order, run_check
 from gochat import protocol
@@ -81,7 +83,10 @@ async def test_the_load_generator_counts_presence_and_joined_from_their_bytes() 
 
     counting = loadgen.Client(run, 1, loadgen.Target.parse("ws://127.0.0.1:1/ws"), probe=False)
     counting._handshake = None  # as after the upgrade
-    flood = [("a", "A", "online"), ("b", "online", "offline")]  # a user named "online"
+    flood: list[tuple[str, str, Literal["online", "offline"]]] = [
+        ("a", "A", "online"),
+        ("b", "online", "offline"),  # a user named "online"
+    ]
     counting.data_received(
         b"".join(text_frame(protocol.presence(u, n, "storm", st)) for u, n, st in flood)
     )

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, BrowserContext, Locator, Page, WebSocket, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    FloatRect,
+    Locator,
+    Page,
+    WebSocket,
+    expect,
+)
 
 from gochat.auth import mint
 
@@ -123,7 +131,7 @@ async def holds(condition: Callable[[], Awaitable[bool]], seconds: float, what: 
         await asyncio.sleep(0.05)
 
 
-def in_viewport(box: Mapping[str, float] | None, viewport: dict[str, int]) -> bool:
+def in_viewport(box: FloatRect | None, viewport: dict[str, int]) -> bool:
     return bool(
         box
         and box["x"] >= 0

@@ -24,6 +24,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 import gochat.app
+import gochat.assets
 from gochat.__main__ import main as cli
 from gochat.assets import asset_dir
 from gochat.auth import verify
@@ -367,7 +368,7 @@ async def test_symlinks_and_directories_in_the_web_root_are_not_served(
     (root / "alias.js").symlink_to(root / "app.js")
     (root / "folder.js").mkdir()
     (root / "folder.js" / "index.html").write_text("index")
-    real = gochat.app.asset_dir
+    real = gochat.assets.asset_dir
     monkeypatch.setattr(gochat.app, "asset_dir", lambda name: root if name == "web" else real(name))
     chat = await make_chat()
     missing = await get_raw(chat, "/no-such-file.js")

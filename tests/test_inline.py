@@ -72,7 +72,7 @@ async def test_frames_read_in_one_chunk_keep_their_order(chat: TestClient[Any, A
     assert kinds[-2:] == ["left", "error"], kinds
     assert (seen[-1]["code"], seen[-1]["ref"]) == ("not_in_room", "late")
     # the watcher saw the same 50, in order, and nothing after the leave
-    got = []
+    got: list[str] = []
     while len(got) < 50:
         frame = await recv(watcher)
         if frame["type"] == "chat":

@@ -22,7 +22,8 @@ class HeldBroker(MemoryBroker):
         super().__init__("n", 10)
         self.held: list[asyncio.Future[bytes]] = []
 
-    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
+    # the Broker contract lets submit return a future (Redis); MemoryBroker's returns the id
+    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:  # type: ignore[override]
         self._check()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.held.append(fut)
@@ -87,7 +88,12 @@ async def test_the_memory_broker_hands_over_parts_or_an_envelope() -> None:
     envelopes: list[tuple[str, bytes]] = []
     with_parts, with_envelope = MemoryBroker("n", 10), MemoryBroker("n", 10)
     with_parts.bind(lambda room, env: True, on_local=lambda *parts: local.append(parts))
-    with_envelope.bind(lambda room, env: envelopes.append((room, env)) is None)
+
+    def take_envelope(room: str, env: bytes) -> bool:
+        envelopes.append((room, env))
+        return True
+
+    with_envelope.bind(take_envelope)
     for broker in (with_parts, with_envelope):
         await broker.start()
         await broker.subscribe("r")

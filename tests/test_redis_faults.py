@@ -17,7 +17,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -62,6 +62,10 @@ def broker_events(*apps: Chat) -> dict[str, list[str]]:
     return seen
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 async def one_subscriber_per_node(url: str, *names: str, room_channel: str = ROOM_CHANNEL) -> None:
     """Exactly one subscriber connection per node, on the room and on each control channel.
 
@@ -77,7 +81,7 @@ async def one_subscriber_per_node(url: str, *names: str, room_channel: str = ROO
             while True:
                 numsub = dict(await r.pubsub_numsub(*want_numsub))
                 clients = Counter(c["name"] for c in await r.client_list(_type="pubsub"))
-                got = ({k.decode(): v for k, v in numsub.items()}, dict(clients))
+                got = ({_text(k): v for k, v in numsub.items()}, dict(clients))
                 if got == (want_numsub, want_clients):
                     return
                 await asyncio.sleep(0.02)
@@ -134,7 +138,7 @@ async def test_redis_hanging_debug_sleep(
     sleeper = aioredis.Redis.from_url(debug_redis.url, socket_timeout=10)
     sent: list[str] = []
     try:
-        hang = asyncio.create_task(sleeper.execute_command("DEBUG", "SLEEP", 3))
+        hang = asyncio.create_task(cast(Any, sleeper).execute_command("DEBUG", "SLEEP", 3))
         started = time.monotonic()
         k = 0
         while not hang.done():  # chats all through the hang, one every 100 ms
@@ -165,9 +169,10 @@ async def test_redis_hanging_debug_sleep(
     delivered = [c for c in sent if "delivered" in outcome.get(c, ())]
     r = aioredis.Redis.from_url(debug_redis.url)
     try:  # Redis runs what was queued when it wakes: some refused chats are kept anyway
-        kept = {
-            json.loads(b"{" + f[b"s"][2:])["cid"] for _, f in await r.xrange("gochat:history:r")
-        }
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = cast(
+            Any, await r.xrange("gochat:history:r")
+        )
+        kept = {json.loads(b"{" + f[b"s"][2:])["cid"] for _, f in entries}
     finally:
         await r.aclose()
     assert set(delivered) <= kept
