@@ -53,8 +53,12 @@ test-latest: $(UV)
 	$(UV) export --quiet --frozen --no-hashes --no-header --no-annotate --extra test \
 	  --no-emit-project | grep '==' | sed 's/ ;.*//' | sort > $(LATEST)/locked.txt
 	$(UV) pip freeze --python $(LATEST)/bin/python | grep '==' | sort > $(LATEST)/latest.txt
-	@echo "newer than uv.lock (< locked, > under test):"
-	@diff $(LATEST)/locked.txt $(LATEST)/latest.txt | grep '^[<>]' || echo "  nothing"
+	@echo "under test, where it differs from uv.lock:"
+	@awk -F'==' 'NR == FNR { locked[$$1] = $$2; next } \
+	  !($$1 in locked) { print "  " $$1 " " $$2 " (not in the lock)"; n++ } \
+	  ($$1 in locked) && locked[$$1] != $$2 { print "  " $$1 " " $$2 " (locked " locked[$$1] ")"; n++ } \
+	  END { if (!n) print "  nothing: the lock holds the newest releases" }' \
+	  $(LATEST)/locked.txt $(LATEST)/latest.txt
 	$(call lint_with,$(LATEST)/bin)
 	$(LATEST)/bin/pytest $(PYTEST_ARGS)
 

@@ -31,12 +31,12 @@ from types import FrameType
 from typing import Any
 
 from gochat.brokers import create_broker
-from gochat.client import Client
+from gochat.chat.client import Client
+from gochat.chat.hub import Hub
+from gochat.chat.ws import take_inline
 from gochat.config import Settings
+from gochat.console.metrics import Metrics
 from gochat.events import EventTap
-from gochat.hub import Hub
-from gochat.metrics import Metrics
-from gochat.ws import take_inline
 
 FRAME = '{"type":"chat","room":"r","text":"seq=1;p=0;t=1234567890;' + "." * 28 + '"}'
 
@@ -92,7 +92,7 @@ async def main(members: int, n: int, profile: bool, opcodes: bool) -> None:
     for i in range(members):
         transport: asyncio.Transport = CountingTransport()  # type: ignore[assignment]
         client = Client(hub.next_conn_id(), f"u{i}", f"u{i}", f"127.0.0.1:{i}", None, transport)
-        client.fd = devnull  # what a plain socket transport gives (fastpath.direct_fd)
+        client.fd = devnull  # what a plain socket transport gives (FastPaths.direct_fd)
         hub.connect(client)
         await hub.join(client, "r", None)
         clients.append(client)

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"gochat: invalid configuration:\n{exc}\n")
 
     if args.command == "token":
-        from .auth import mint
+        from .chat.auth import mint
 
         if not settings.auth_secret:
             parser.exit(2, "gochat token: set GOCHAT_AUTH_SECRET (or --auth-secret)\n")

@@ -7,19 +7,19 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from .admin import add_admin
 from .aiohttp_internals import detect, log_fast_paths
 from .assets import asset_dir
 from .brokers import Broker, create_broker
-from .client import Client
+from .chat.client import Client
+from .chat.firstframe import FirstFrameWatch
+from .chat.heartbeat import ABNORMAL, PING_FRAME, Heartbeat
+from .chat.hub import Hub
+from .chat.ws import chat_ws
 from .config import Settings
+from .console.views import add_admin
 from .events import EventTap
-from .firstframe import FirstFrameWatch
-from .heartbeat import ABNORMAL, PING_FRAME, Heartbeat
-from .hub import Hub
 from .keys import BROKER, FAST_PATHS, FIRST_FRAME, HUB, SETTINGS, TAP
 from .protocol import CloseCode
-from .ws import chat_ws
 
 STATIC_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\.(?:js|css|svg|png|ico|webmanifest)"
 

@@ -18,8 +18,8 @@ from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
 from gochat.app import create_app
-from gochat.client import Client
-from gochat.hub import Hub
+from gochat.chat.client import Client
+from gochat.chat.hub import Hub
 from gochat.keys import HUB
 
 from .conftest import make_settings

@@ -16,11 +16,12 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gochat.app import create_app
 from gochat.brokers.memory import MemoryBroker
-from gochat.console import WATCH_TTL
-from gochat.console_auth import COOKIE_NAME, ConsoleAuth, LoginThrottle
+from gochat.console.auth import COOKIE_NAME, ConsoleAuth, LoginThrottle
+from gochat.console.keys import CONSOLE
+from gochat.console.metrics import LATENCY_BUCKETS, LatencyHistogram, message_ts_ms
+from gochat.console.state import WATCH_TTL
 from gochat.events import EventFilter, Feed
-from gochat.keys import CONSOLE, HUB, TAP
-from gochat.metrics import LATENCY_BUCKETS, LatencyHistogram, message_ts_ms
+from gochat.keys import HUB, TAP
 
 from .conftest import MakeChat, make_settings
 from .util import TIMEOUT, connect, expect_close, join, recv_type, until
@@ -218,7 +219,7 @@ def test_throttle_window() -> None:
 async def test_generated_token_is_logged_once_with_a_login_url(
     make_chat: MakeChat, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="gochat.admin")
+    caplog.set_level(logging.WARNING, logger="gochat.console.views")
     client = await make_chat()  # no admin_token
     token = client.app[CONSOLE].auth.token
     assert len(token) >= 32
@@ -432,10 +433,10 @@ async def test_events_channel_round_trip_and_remote_kick(aiohttp_client: Any) ->
 
     # another node's event reaches the local viewers
     other = {"ts": 1.0, "node": "node-b", "addr": "10.0.0.7:5", "kind": "JOIN", "args": ["r"]}
-    console.on_cluster_message(b"e" + json.dumps(other).encode())
+    console.cluster_event(b"e" + json.dumps(other).encode())
     seen = await events_until(ws, has_kind("JOIN"))
     assert seen[0]["line"] == '1.000000 [node-b 10.0.0.7:5] "JOIN" "r"'
-    console.on_cluster_message(b"e{not json")  # ignored, logged
+    console.cluster_event(b"e{not json")  # ignored, logged
 
     # a kick for a connection on node-b travels as a control message ...
     resp = await client.post("/admin/api/kick", json={"conn": "node-b/9"}, headers=BEARER)
@@ -443,7 +444,7 @@ async def test_events_channel_round_trip_and_remote_kick(aiohttp_client: Any) ->
     request = json.loads(broker.published[-1][1:])
     assert request["ctl"] == "KICK_REQUEST" and request["conn"] == "node-b/9"
     # ... and a KICK_REQUEST from elsewhere for our connection is carried out here
-    console.on_cluster_message(
+    console.cluster_event(
         b"c"
         + json.dumps({"ctl": "KICK_REQUEST", "conn": conn_id, "reason": "r", "by": "x"}).encode()
     )

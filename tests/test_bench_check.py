@@ -12,7 +12,7 @@ from bench import loadgen, report
 from bench.run import pair_order, run_check
 from gochat import protocol
 from gochat.brokers.base import CHAT_PREFIX
-from gochat.fastpath import text_frame
+from gochat.chat.outbox import text_frame
 from gochat.protocol import encode
 
 

@@ -21,7 +21,7 @@ from playwright.async_api import (
     expect,
 )
 
-from gochat.auth import mint
+from gochat.chat.auth import mint
 
 from .browser import LiveServer, chromium, serve
 from .util import join, recv_type, until

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gochat.aiohttp_internals import http_parser_released
-from gochat.client import Client
+from gochat.chat.client import Client
 from gochat.keys import BROKER, HUB
 
 from .util import join, recv, until

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient
 
-from gochat.keys import BROKER, CONSOLE, HUB, TAP
+from gochat.console.keys import CONSOLE
+from gochat.keys import BROKER, HUB, TAP
 
 from .redis_server import RedisServer
 from .test_admin import BEARER, TOKEN, events_until, has_kind, open_stream

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gochat import ws as ws_module
-from gochat.auth import mint
+from gochat.chat import ws as ws_module
+from gochat.chat.auth import mint
 from gochat.keys import BROKER, HUB
 
 from .conftest import MakeChat
@@ -194,7 +194,7 @@ async def test_internal_error_closes_1011(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("injected fault")
 
-    # say_now: the chat is handled inline (fastpath.InlineQueue), and `say` calls it too
+    # say_now: the chat is handled inline (aiohttp_internals.InlineQueue), and `say` calls it too
     monkeypatch.setattr(hub, "say_now", broken)
     await ws.send_json({"type": "chat", "room": "lobby", "text": "boom"})
     assert await expect_close(ws) == 1011

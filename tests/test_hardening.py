@@ -27,7 +27,7 @@ import gochat.app
 import gochat.assets
 from gochat.__main__ import main as cli
 from gochat.assets import asset_dir
-from gochat.auth import verify
+from gochat.chat.auth import verify
 from gochat.config import OPTIONS
 from gochat.events import LOG_ARG
 from gochat.keys import FIRST_FRAME, HUB

@@ -6,11 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 
-from gochat.brokers.base import CHAT, CHAT_PREFIX, BrokerUnavailable, chat_suffix, split_envelope
+from gochat.brokers.base import (
+    CHAT,
+    CHAT_PREFIX,
+    PRESENCE,
+    BrokerUnavailable,
+    chat_envelope,
+    chat_suffix,
+    split_envelope,
+)
 from gochat.brokers.memory import MemoryBroker
-from gochat.client import Client
+from gochat.chat.client import Client
+from gochat.chat.hub import MAX_IN_FLIGHT, Hub
 from gochat.events import EventTap
-from gochat.hub import MAX_IN_FLIGHT, Hub
 
 from .conftest import make_settings
 
@@ -81,31 +89,50 @@ async def test_unconfirmed_messages_are_bounded_and_answered_late() -> None:
     assert errors == [{"type": "error", "code": "unavailable", "message": "redis down", "ref": "0"}]
 
 
-async def test_the_memory_broker_hands_over_parts_or_an_envelope() -> None:
-    """Bound with `on_local` (the Hub), a chat message arrives as its parts; without it, as
-    the envelope a Redis listener would deliver, which splits into the same parts."""
-    local: list[tuple[str, int, bytes, bytes]] = []
-    envelopes: list[tuple[str, bytes]] = []
-    with_parts, with_envelope = MemoryBroker("n", 10), MemoryBroker("n", 10)
-    with_parts.bind(lambda room, env: True, on_local=lambda *parts: local.append(parts))
+class Recorder:
+    """A broker listener that keeps what it is given (brokers.base.BrokerListener)."""
 
-    def take_envelope(room: str, env: bytes) -> bool:
-        envelopes.append((room, env))
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, int, bytes, bytes]] = []
+        self.envelopes: list[tuple[str, bytes]] = []
+        self.transitions: list[tuple[str, bytes]] = []
+
+    def deliver(self, room: str, envelope: bytes) -> bool:
+        self.envelopes.append((room, envelope))
         return True
 
-    with_envelope.bind(take_envelope)
-    for broker in (with_parts, with_envelope):
-        await broker.start()
-        await broker.subscribe("r")
-        await broker.subscribe("other")
-    suffix = chat_suffix({"room": "r", "userId": "u", "name": "U", "text": "hi", "ts": 1})
-    ids = [broker.submit("r", suffix) for broker in (with_parts, with_envelope)]
-    await with_parts.unsubscribe("other")
-    await with_envelope.unsubscribe("other")
-    assert with_parts.submit("other", suffix) and with_envelope.submit("other", suffix)
+    def fan_out(self, room: str, kind: int, key: bytes, wire: bytes) -> None:
+        self.parts.append((room, kind, key, wire))
 
-    assert [room for room, *_ in local] == ["r"]  # not to a room it does not receive
-    assert [room for room, _ in envelopes] == ["r"]
-    _, kind, key, wire = local[0]
-    assert (kind, key, wire) == (CHAT, ids[0], CHAT_PREFIX + ids[0] + suffix)
-    assert split_envelope(envelopes[0][1]) == (CHAT, ids[1], CHAT_PREFIX + ids[1] + suffix)
+    def broker_state(self, ready: bool, reason: str) -> None:
+        pass
+
+    def presence_transition(self, room: str, envelope: bytes) -> None:
+        self.transitions.append((room, envelope))
+
+    def missed(self, room: str) -> None:
+        pass
+
+
+async def test_the_memory_broker_hands_over_a_chats_parts_and_presence_envelopes() -> None:
+    """A chat message never leaves the process, so its parts are handed over (what its
+    envelope, as a Redis listener delivers it, would split into); presence comes as an
+    envelope, and is reported once as this node's transition. Only rooms it receives."""
+    broker, seen = MemoryBroker("n", 10), Recorder()
+    broker.attach(seen)
+    await broker.start()
+    await broker.subscribe("r")
+    await broker.subscribe("other")
+    await broker.unsubscribe("other")
+    suffix = chat_suffix({"room": "r", "userId": "u", "name": "U", "text": "hi", "ts": 1})
+    msg_id = broker.submit("r", suffix)
+    assert broker.submit("other", suffix)
+    await broker.presence_add("r", "c1", "u", "U")
+
+    wire = CHAT_PREFIX + msg_id + suffix
+    assert seen.parts == [("r", CHAT, msg_id, wire)]  # not to a room it does not receive
+    assert split_envelope(chat_envelope(msg_id, wire)) == seen.parts[0][1:]
+    ((room, envelope),) = seen.envelopes
+    assert room == "r" and split_envelope(envelope)[:2] == (PRESENCE, b"u")
+    assert seen.transitions == seen.envelopes
+    assert broker.channel("r") == "gochat:room:r"

@@ -373,13 +373,26 @@ async def test_readiness_follows_the_subscriber_connection(
     assert (await recv_type(a, "chat"))["cid"] == "two"
 
 
+class Cluster:
+    """A cluster listener that keeps the events (what the console is to the broker)."""
+
+    def __init__(self, got: list[bytes]) -> None:
+        self.got = got
+
+    def cluster_event(self, data: bytes) -> None:
+        self.got.append(data)
+
+    def node_info(self) -> dict[str, Any]:
+        return {"test": True}
+
+
 async def test_console_events_and_nodes_cluster_wide(
     redis_server: RedisServer, make_chat: Any
 ) -> None:
     n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
     got: dict[str, list[bytes]] = {"n1": [], "n2": []}
     for name, app in (("n1", n1), ("n2", n2)):
-        app.app[BROKER].set_event_handler(got[name].append)
+        app.app[BROKER].attach_cluster(Cluster(got[name]))
     n1.app[BROKER].publish_event(b'{"kind":"NOTICE"}')
     await until(lambda: got["n1"] and got["n2"], what="the event on both nodes")
     assert got == {"n1": [b'{"kind":"NOTICE"}'], "n2": [b'{"kind":"NOTICE"}']}

@@ -15,4 +15,4 @@ def create_broker(settings: Settings) -> Broker:
         from .redis import RedisBroker
 
         return RedisBroker(settings)
-    return MemoryBroker(settings.node_id, settings.history)
+    return MemoryBroker(settings.node_id, settings.history, settings.key_prefix)

@@ -5,7 +5,7 @@ order per room on every node. The broker hands each room message to the node's h
 *envelope*: one kind byte, a key, a newline, then the exact JSON the clients receive. The Hub
 reads the key without decoding the JSON, so each message is decoded at most once per node
 (in practice never: its bytes are framed and written as they are). The in-memory broker's
-chat messages never leave the process, so it hands the Hub their parts (`on_local`) rather
+chat messages never leave the process, so it hands the Hub their parts (`fan_out`) rather
 than an envelope to build, split and check.
 
     c<id>\n<chat JSON>          a chat message, to every local member
@@ -16,44 +16,75 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from ..protocol import Member, encode
 
 CHAT = ord("c")
 PRESENCE = ord("p")
 
-MessageHandler = Callable[[str, bytes], bool]
-"""Called with (room, envelope) for every message on a room this node subscribes to;
-returns False when the envelope was malformed and dropped."""
 
-LocalHandler = Callable[[str, int, bytes, bytes], None]
-"""Called with (room, kind, key, wire JSON) for a message of this process's own making, by
-a broker that delivers within the process (in memory): the envelope's parts, with nothing
-to check, since they never left the process."""
+class BrokerListener(Protocol):
+    """What a broker's listener delivers to, on this node: the Hub implements it."""
 
-TransitionHandler = Callable[[str, bytes], None]
-"""Called with (room, presence envelope) for each presence transition that this node's own
-request made (a join, a leave, a re-registration, a reaping): once per transition in the
-cluster, whether or not this node receives the room. The console's PRESENCE line."""
+    def deliver(self, room: str, envelope: bytes) -> bool:
+        """A message on a room this node subscribes to; False when the envelope was
+        malformed and dropped."""
 
-StateHandler = Callable[[bool, str], None]
-"""Called with (ready, reason) whenever the broker becomes usable or unusable."""
+    def fan_out(self, room: str, kind: int, key: bytes, wire: bytes) -> None:
+        """A message of this process's own making, from a broker that delivers within the
+        process (in memory): the envelope's parts, with nothing to check."""
 
-EventHandler = Callable[[bytes], None]
-"""Called with each cluster event (see events.py) published by any node."""
+    def broker_state(self, ready: bool, reason: str) -> None:
+        """The broker became usable or unusable."""
 
-PresenceSource = Callable[[], Iterable[tuple[str, str, str, str]]]
-"""(room, connection id, userId, name) of every local membership: what a broker that lost
-its backend registers again when it returns."""
+    def presence_transition(self, room: str, envelope: bytes) -> None:
+        """A presence transition this node's own request made (a join, a leave, a
+        re-registration, a reaping): once per transition in the cluster, whether or not
+        this node receives the room. The console's PRESENCE line."""
 
-GapHandler = Callable[[str], None]
-"""Called with a room whose messages this node missed (deaf subscription) beyond what the
-room's history still holds: its members cannot be brought up to date in place."""
+    def missed(self, room: str) -> None:
+        """This node missed messages of `room` (deaf subscription) beyond what its history
+        still holds: its members cannot be brought up to date in place."""
 
-NodeInfo = Callable[[], dict[str, Any]]
-"""A JSON-able description of this node: id, uptime, connections, rooms, memory..."""
+
+class ClusterListener(Protocol):
+    """What the console gives the broker: it receives every node's events and describes
+    this node to the others."""
+
+    def cluster_event(self, data: bytes) -> None:
+        """Each cluster event (see events.py) published by any node, this one included."""
+
+    def node_info(self) -> dict[str, Any]:
+        """A JSON-able description of this node: id, uptime, connections, rooms, memory..."""
+
+
+class _Nobody:
+    """The listener of a broker nothing has attached to yet: takes everything, does nothing."""
+
+    def deliver(self, room: str, envelope: bytes) -> bool:
+        return True
+
+    def fan_out(self, room: str, kind: int, key: bytes, wire: bytes) -> None:
+        pass
+
+    def broker_state(self, ready: bool, reason: str) -> None:
+        pass
+
+    def presence_transition(self, room: str, envelope: bytes) -> None:
+        pass
+
+    def missed(self, room: str) -> None:
+        pass
+
+    def cluster_event(self, data: bytes) -> None:
+        pass
+
+    def node_info(self) -> dict[str, Any]:
+        return {}
+
+
+NOBODY = _Nobody()
 
 History = list[tuple[bytes, bytes]]
 """(id, wire JSON) of kept chat messages, oldest first."""
@@ -94,60 +125,32 @@ class Broker(ABC):
 
     kind: str = "abstract"
 
-    def __init__(self, node_id: str, history: int) -> None:
+    def __init__(self, node_id: str, history: int, key_prefix: str = "gochat:") -> None:
         self.node_id = node_id
+        self.key_prefix = key_prefix
         self.history_size = history
         self.ready = False
         self.reason = "not started"
-        self._on_message: MessageHandler | None = None
-        self._on_local: LocalHandler | None = None
-        self._on_state: StateHandler | None = None
-        self._on_transition: TransitionHandler | None = None
-        self._on_gap: GapHandler | None = None
-        self._on_event: EventHandler | None = None
-        self._presence_source: PresenceSource | None = None
-        self._node_info: NodeInfo | None = None
+        self.listener: BrokerListener = NOBODY
+        self.cluster: ClusterListener = NOBODY
 
-    def bind(
-        self,
-        on_message: MessageHandler,
-        on_state: StateHandler | None = None,
-        presence_source: PresenceSource | None = None,
-        on_transition: TransitionHandler | None = None,
-        on_gap: GapHandler | None = None,
-        on_local: LocalHandler | None = None,
-    ) -> None:
-        """Set the callbacks the broker's listener delivers to (the Hub's)."""
-        self._on_message = on_message
-        self._on_state = on_state
-        self._presence_source = presence_source
-        self._on_transition = on_transition
-        self._on_gap = on_gap
-        self._on_local = on_local
+    def attach(self, listener: BrokerListener) -> None:
+        """Deliver this node's room messages, state and presence news to `listener`."""
+        self.listener = listener
 
-    def _missed(self, room: str) -> None:
-        """Report that this node missed messages of `room` it can no longer recover."""
-        if self._on_gap is not None:
-            self._on_gap(room)
+    def attach_cluster(self, cluster: ClusterListener) -> None:
+        """Hand every node's console events to `cluster`, and ask it about this node."""
+        self.cluster = cluster
 
-    def _transitioned(self, room: str, envelope: bytes) -> None:
-        """Report a presence transition this node published (see TransitionHandler)."""
-        if self._on_transition is not None:
-            self._on_transition(room, envelope)
-
-    def set_event_handler(self, on_event: EventHandler | None) -> None:
-        """Receive every node's console events (what `publish_event` sends, own included)."""
-        self._on_event = on_event
-
-    def set_node_info(self, node_info: NodeInfo | None) -> None:
-        """What this node reports about itself to the cluster (the console's nodes table)."""
-        self._node_info = node_info
+    def channel(self, room: str) -> str:
+        """The name of `room`'s channel (the console shows it; Redis publishes on it)."""
+        return f"{self.key_prefix}room:{room}"
 
     def _set_state(self, ready: bool, reason: str) -> None:
         changed = ready != self.ready
         self.ready, self.reason = ready, reason
-        if changed and self._on_state is not None:
-            self._on_state(ready, reason)
+        if changed:
+            self.listener.broker_state(ready, reason)
 
     @abstractmethod
     async def start(self) -> None:
@@ -204,10 +207,9 @@ class Broker(ABC):
 
     def publish_event(self, data: bytes) -> None:
         """Share one console event with every node; in one process it comes straight back."""
-        if self._on_event is not None:
-            self._on_event(data)
+        self.cluster.cluster_event(data)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every live node's `node_info` (just this one in a single process)."""
-        info = self._node_info() if self._node_info is not None else {}
+        info = self.cluster.node_info()
         return [{"id": self.node_id, **info, "broker": self.kind, "ready": self.ready}]

@@ -12,7 +12,6 @@ from .base import (
     Broker,
     BrokerUnavailable,
     History,
-    chat_envelope,
     presence_envelope,
 )
 
@@ -37,8 +36,8 @@ class MemoryBroker(Broker):
 
     kind = "memory"
 
-    def __init__(self, node_id: str, history: int) -> None:
-        super().__init__(node_id, history)
+    def __init__(self, node_id: str, history: int, key_prefix: str = "gochat:") -> None:
+        super().__init__(node_id, history, key_prefix)
         self._rooms: dict[str, _Room] = {}
         self._subscribed: set[str] = set()
 
@@ -67,8 +66,8 @@ class MemoryBroker(Broker):
         self._forget_if_empty(room)
 
     def _deliver(self, room: str, envelope: bytes) -> None:
-        if room in self._subscribed and self._on_message is not None:
-            self._on_message(room, envelope)
+        if room in self._subscribed:
+            self.listener.deliver(room, envelope)
 
     def _next_id(self, r: _Room) -> str:
         # Stream-like ids (ms-seq), increasing within a room and unlikely to repeat across
@@ -92,10 +91,8 @@ class MemoryBroker(Broker):
         wire = CHAT_PREFIX + bid + suffix
         if self.history_size:
             r.history.append((bid, wire))
-        if self._on_local is None:
-            self._deliver(room, chat_envelope(bid, wire))
-        elif room in self._subscribed:  # its parts: there is nothing to build or check
-            self._on_local(room, CHAT, bid, wire)
+        if room in self._subscribed:  # its parts: there is nothing to build or check
+            self.listener.fan_out(room, CHAT, bid, wire)
         return bid
 
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
@@ -117,7 +114,7 @@ class MemoryBroker(Broker):
             r.users[user_id] = (name, {conn_id})
             envelope = presence_envelope(user_id, presence(user_id, name, room, "online"))
             self._deliver(room, envelope)
-            self._transitioned(room, envelope)
+            self.listener.presence_transition(room, envelope)
         else:
             entry[1].add(conn_id)
 
@@ -131,7 +128,7 @@ class MemoryBroker(Broker):
             del r.users[user_id]
             envelope = presence_envelope(user_id, presence(user_id, entry[0], room, "offline"))
             self._deliver(room, envelope)
-            self._transitioned(room, envelope)
+            self.listener.presence_transition(room, envelope)
 
     async def members(self, room: str) -> list[Member]:
         r = self._rooms.get(room)

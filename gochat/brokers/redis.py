@@ -103,7 +103,7 @@ class RedisBroker(Broker):
     kind = "redis"
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.node_id, settings.history)
+        super().__init__(settings.node_id, settings.history, settings.key_prefix)
         if not settings.redis_url:
             raise ValueError("RedisBroker needs REDIS_URL")
         self.url = settings.redis_url
@@ -346,11 +346,10 @@ class RedisBroker(Broker):
                 else:
                     self._room_message(room, data)
             elif channel == self._events:
-                if self._on_event is not None:
-                    try:
-                        self._on_event(data)
-                    except Exception:
-                        log.exception("event handler failed")
+                try:
+                    self.cluster.cluster_event(data)
+                except Exception:
+                    log.exception("event handler failed")
             elif channel == self._control and data == self._probe:
                 self._probe_sent = None
         elif kind == "subscribe":
@@ -360,7 +359,7 @@ class RedisBroker(Broker):
 
     def _room_message(self, room: str, data: bytes) -> None:
         """Hand one room message to the Hub, dropping a chat whose id is not newer."""
-        if room not in self._rooms or self._on_message is None:
+        if room not in self._rooms:
             return
         msg_id = _parse_id(data[1 : data.find(b"\n")]) if data[:1] == b"c" else None
         if msg_id is not None:
@@ -369,7 +368,7 @@ class RedisBroker(Broker):
                 self.duplicates += 1
                 return
         try:
-            accepted = self._on_message(room, data)
+            accepted = self.listener.deliver(room, data)
         except Exception:  # one bad delivery must not stop the listener
             log.exception("delivering a message on %s failed", loggable(room))
             return
@@ -405,7 +404,7 @@ class RedisBroker(Broker):
                     self._last_ids[room] = _parse_id(entries[-1][0]) or last
                 log.warning("room %s: missed more messages than its history holds", loggable(room))
                 self.gaps += 1
-                self._missed(room)
+                self.listener.missed(room)
                 continue
             for msg_id, wire in self._wires(entries):
                 self._room_message(room, chat_envelope(msg_id, wire))
@@ -451,7 +450,7 @@ class RedisBroker(Broker):
                 log.debug("maintenance skipped: %s", exc)
 
     def _info_json(self, ready: bool | None = None) -> bytes:
-        info = self._node_info() if self._node_info is not None else {}
+        info = self.cluster.node_info()
         ready = self.ready if ready is None else ready
         body = {"id": self.node_id, **info, "broker": self.kind, "ready": ready}
         return json.dumps(body, default=str, separators=(",", ":")).encode()
@@ -708,7 +707,9 @@ class RedisBroker(Broker):
     def _report(self, published: list[bytes]) -> None:
         """Hand the transitions a presence script published to the Hub's console line."""
         for i in range(0, len(published) - 1, 2):
-            self._transitioned(published[i].decode(errors="replace"), published[i + 1])
+            self.listener.presence_transition(
+                published[i].decode(errors="replace"), published[i + 1]
+            )
 
     async def members(self, room: str) -> list[Member]:
         r = self._client_or_raise()

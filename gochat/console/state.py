@@ -2,7 +2,7 @@
 operator actions (kick, notice) and the snapshot behind the live tables.
 
 Cluster events. Every node's tap gets one sink (`_share`) that shows its events to the local
-viewers and publishes them on the broker's events channel; `on_cluster_message` receives every
+viewers and publishes them on the broker's events channel; `cluster_event` receives every
 node's events, skips its own (already shown, and shown even while Redis is down) and hands
 the others to the local viewers only, never back to the tap, so nothing loops. The sink
 is attached only while some console in the cluster is watching (viewers announce themselves
@@ -31,13 +31,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .brokers.base import Broker, BrokerUnavailable, chat_suffix
-from .client import Client
-from .config import Settings
-from .console_auth import ConsoleAuth
-from .events import Event, EventFilter, EventTap, Feed, loggable
-from .hub import Hub
-from .protocol import CloseCode, ErrorCode, ProtocolError, check_room, has_bad_chars
+from ..brokers.base import Broker, BrokerUnavailable, chat_suffix
+from ..chat.client import Client
+from ..chat.hub import Hub
+from ..config import Settings
+from ..events import Event, EventFilter, EventTap, Feed, loggable
+from ..protocol import CloseCode, ErrorCode, ProtocolError, check_room, has_bad_chars
+from .auth import ConsoleAuth
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ class Console:
         self._announced = 0.0
         self._sharing = False
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
-        broker.set_event_handler(self.on_cluster_message)
-        broker.set_node_info(self.node_info)
+        broker.attach_cluster(self)
 
     # --- cluster events channel ----------------------------------------------------------
 
@@ -114,7 +113,7 @@ class Console:
         body = {"ctl": ctl, "from": self.node_id, **fields}
         self.broker.publish_event(b"c" + json.dumps(body, separators=(",", ":")).encode())
 
-    def on_cluster_message(self, data: bytes) -> None:
+    def cluster_event(self, data: bytes) -> None:
         """Broker callback for every message on the events channel, from every node."""
         try:
             if data[:1] == b"e":

@@ -13,11 +13,11 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import protocol
-from .brokers.base import (
+from .. import protocol
+from ..brokers.base import (
     CHAT,
     CHAT_PREFIX,
     PRESENCE,
@@ -27,11 +27,11 @@ from .brokers.base import (
     chat_suffix,
     split_envelope,
 )
+from ..config import Settings
+from ..events import EventTap, loggable
+from ..protocol import CloseCode, ErrorCode, ProtocolError, check_room
 from .client import Client
-from .config import Settings
-from .events import EventTap, loggable
-from .fastpath import Outbox, text_frame
-from .protocol import CloseCode, ErrorCode, ProtocolError, check_room
+from .outbox import Outbox, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,7 @@ class Hub:
         # metrics: called with each chat message's wire JSON once it is handed to members
         self.on_fanout: Callable[[bytes], None] | None = None
         self.closing = False
-        broker.bind(
-            self.deliver,
-            self._broker_state,
-            on_local=self.fan_out,
-            presence_source=self.local_presence,
-            on_transition=self._presence_transition,
-            on_gap=self._missed,
-        )
+        broker.attach(self)  # the Hub is the broker's listener (brokers.base.BrokerListener)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -371,7 +364,7 @@ class Hub:
             self.tap.emit(
                 "PUBLISH",
                 client.remote,
-                self.settings.key_prefix + "room:" + room,
+                self.broker.channel(room),
                 wire.decode(),
                 room=room,
                 user=client.user_id,
@@ -434,7 +427,7 @@ class Hub:
                 envelope[:80],
             )
 
-    def _presence_transition(self, room: str, envelope: bytes) -> None:
+    def presence_transition(self, room: str, envelope: bytes) -> None:
         """Broker callback: a presence transition this node made, for the console.
 
         Reported by the node whose request made it rather than by every node that delivers
@@ -450,13 +443,13 @@ class Hub:
         self.tap.emit(
             "PRESENCE",
             self.node_id,
-            self.settings.key_prefix + "room:" + room,
+            self.broker.channel(room),
             wire.decode(errors="replace"),
             room=room,
             user=key.decode(errors="replace"),
         )
 
-    def _missed(self, room: str) -> None:
+    def missed(self, room: str) -> None:
         """Broker callback: this node missed messages of `room` that it cannot replay. Its
         members reconnect and rejoin with `since`, so each is told `recovered: false`
         instead of living with a silent hole."""
@@ -465,13 +458,8 @@ class Hub:
             self.counters["resync_closes"] += 1
             self.drop(client, CloseCode.TRY_AGAIN, "messages missed: rejoin with since")
 
-    def local_presence(self) -> Iterator[tuple[str, str, str, str]]:
-        """(room, conn id, userId, name) of every local membership, for re-registration."""
-        for room, members in self.rooms.items():
-            for client in members.values():
-                yield room, client.id, client.user_id, client.name
-
-    def _broker_state(self, ready: bool, reason: str) -> None:
+    def broker_state(self, ready: bool, reason: str) -> None:
+        """Broker callback: it became usable or unusable."""
         log.log(
             logging.INFO if ready or self.closing else logging.WARNING,
             "broker %s: %s",

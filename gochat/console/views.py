@@ -24,15 +24,16 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import WSMsgType, web
 
-from .assets import asset_dir
-from .brokers.base import BrokerUnavailable
-from .console import SEND_INTERVAL, Console, Viewer
-from .console_auth import COOKIE_NAME, Session
-from .events import KINDS, EventFilter, loggable
-from .keys import BROKER, CONSOLE, HUB, METRICS, SETTINGS, TAP
+from ..assets import asset_dir
+from ..brokers.base import BrokerUnavailable
+from ..events import KINDS, EventFilter, loggable
+from ..forwarded import client_address, own_origin
+from ..keys import BROKER, HUB, SETTINGS, TAP
+from ..protocol import ProtocolError
+from .auth import COOKIE_NAME, Session
+from .keys import CONSOLE, METRICS
 from .metrics import CONTENT_TYPE, Metrics
-from .protocol import ProtocolError
-from .ws import client_address
+from .state import SEND_INTERVAL, Console, Viewer
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,6 @@ OPERATOR = web.RequestKey("operator", Operator)
 # --- auth ---------------------------------------------------------------------------------
 
 
-def own_origin(request: web.Request) -> str:
-    scheme = request.scheme
-    if request.config_dict[SETTINGS].trust_proxy:
-        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
-    return f"{scheme}://{request.host}".lower()
-
-
 def same_origin(request: web.Request) -> bool:
     """No Origin (not a browser) or exactly ours; GOCHAT_ALLOWED_ORIGINS do not apply here.
 
@@ -85,11 +79,11 @@ def same_origin(request: web.Request) -> bool:
         return True
     if origin.strip() == "null":
         return request.headers.get("Sec-Fetch-Site") == "same-origin"
-    return origin.strip().rstrip("/").lower() == own_origin(request)
+    return origin.strip().rstrip("/").lower() == own_origin(request, request.config_dict[SETTINGS])
 
 
 def is_secure(request: web.Request) -> bool:
-    return own_origin(request).startswith("https:")
+    return own_origin(request, request.config_dict[SETTINGS]).startswith("https:")
 
 
 def too_many(retry_after: float) -> web.HTTPTooManyRequests:

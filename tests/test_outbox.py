@@ -1,4 +1,4 @@
-"""The Outbox's direct writes (gochat/fastpath.py): when a transport holds no bytes, flush
+"""The Outbox's direct writes (gochat/chat/outbox.py): when a transport holds no bytes, flush
 writes a client's frames to its socket itself. These tests pin what that must never change:
 bytes keep their order, a partial write leaves the rest to the transport, an error reaches
 the transport, and only plain socket transports are written to directly. Each runs on the
@@ -15,8 +15,8 @@ import pytest
 import uvloop
 
 from gochat.aiohttp_internals import detect
-from gochat.client import Client
-from gochat.fastpath import Outbox, text_frame
+from gochat.chat.client import Client
+from gochat.chat.outbox import Outbox, text_frame
 
 LOOPS = ["asyncio", "uvloop"]
 

@@ -15,32 +15,20 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from . import protocol
-from .aiohttp_internals import FastPaths, InlineHook
+from .. import protocol
+from ..aiohttp_internals import FastPaths, InlineHook
+from ..config import Settings
+from ..forwarded import client_address, own_origin
+from ..keys import FAST_PATHS, FIRST_FRAME, HUB, SETTINGS
+from ..protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
 from .auth import AuthError, verify
 from .client import Client
-from .config import Settings
 from .heartbeat import pong_frame
 from .hub import MAX_IN_FLIGHT, Hub
-from .keys import FAST_PATHS, FIRST_FRAME, HUB, SETTINGS
-from .protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
 
 log = logging.getLogger(__name__)
 
 RATE_GRACE = 5.0  # seconds over the rate after the first rate_limited before close 1008
-
-
-def client_address(request: web.Request, settings: Settings) -> str:
-    """`ip:port` of the peer; the IP from X-Forwarded-For only when the router is trusted."""
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    ip, port = (str(peer[0]), str(peer[1])) if peer else (request.remote or "?", "0")
-    if settings.trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        # the rightmost entry is the one our router added; the others are client-supplied
-        last = forwarded.rsplit(",", 1)[-1].strip()
-        if last:
-            ip = last[:64]
-    return f"{ip}:{port}"
 
 
 def origin_allowed(request: web.Request, settings: Settings) -> bool:
@@ -49,11 +37,7 @@ def origin_allowed(request: web.Request, settings: Settings) -> bool:
     if origin is None:
         return True
     origin = origin.strip().rstrip("/")
-    scheme = request.scheme
-    if settings.trust_proxy:
-        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
-    own = f"{scheme}://{request.host}"
-    return origin.lower() == own.lower() or origin in settings.allowed_origins
+    return origin.lower() == own_origin(request, settings) or origin in settings.allowed_origins
 
 
 def display_name(raw: str | None) -> str:

@@ -52,11 +52,11 @@ class Client:
         self.remote = remote
         self.ws = ws
         self.transport = transport
-        # the socket fastpath.Outbox writes to itself when the transport holds nothing, or -1
+        # the socket outbox.Outbox writes to itself when the transport holds nothing, or -1
         # (FastPaths.direct_fd)
         self.fd = fd
         self.rooms: set[str] = set()
-        self.pending: bytes | list[bytes] | None = None  # this tick's frames (fastpath.Outbox)
+        self.pending: bytes | list[bytes] | None = None  # this tick's frames (outbox.Outbox)
         self.closed = False
         self.close_code: int | None = None
         self.connected_at = time.time()
