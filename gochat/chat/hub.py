@@ -416,6 +416,14 @@ class Hub:
             if self.on_fanout is not None:
                 self.on_fanout(wire)
 
+    def room_message_counts(self) -> dict[str, int]:
+        """Chat messages delivered so far per room this node is in (a copy); the rooms it
+        left are forgotten here."""
+        counts = self.room_msgs
+        for room in [r for r in counts if r not in self.rooms]:
+            del counts[room]
+        return dict(counts)
+
     def _bad_envelope(self, room: str, envelope: bytes) -> None:
         self.counters["bad_envelope"] += 1
         count = self.counters["bad_envelope"]

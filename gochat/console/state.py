@@ -172,10 +172,7 @@ class Console:
         if self._sharing and now > self._watched_until:
             self._sharing = False
             self.tap.detach(self._share)
-        counts = self.hub.room_msgs
-        for room in [r for r in counts if r not in self.hub.rooms]:
-            del counts[room]  # forget rooms this node left
-        self._samples.append((now, dict(counts)))
+        self._samples.append((now, self.hub.room_message_counts()))
 
     def room_rate(self, room: str) -> float:
         """Chat messages per second in `room` over the last few seconds."""
