@@ -12,7 +12,7 @@ from .assets import asset_dir
 from .brokers import Broker, create_broker
 from .chat.client import Client
 from .chat.firstframe import FirstFrameWatch
-from .chat.heartbeat import ABNORMAL, PING_FRAME, Heartbeat
+from .chat.heartbeat import PING_FRAME, Heartbeat
 from .chat.hub import Hub
 from .chat.ws import chat_ws
 from .config import Settings
@@ -106,14 +106,9 @@ def add_heartbeat(app: web.Application, hub: Hub, interval: float) -> None:
     """Ping quiet connections every `interval` s; abort those that do not answer."""
 
     def ping(client: Client) -> None:
-        hub.outbox.push(client, PING_FRAME)
+        hub.send_frame(client, PING_FRAME)
 
-    def dead(client: Client) -> None:
-        client.close_code = ABNORMAL
-        if client.transport is not None:
-            client.transport.abort()  # the read loop ends; the handler tells the Hub
-
-    beat = Heartbeat(interval, hub.clients.values, ping, dead)
+    beat = Heartbeat(interval, hub.clients.values, ping, hub.abort_dead)
 
     async def start(app: web.Application) -> None:
         beat.start()

@@ -46,6 +46,7 @@ class CloseCode(IntEnum):
     TOO_BIG = 1009  # frame over GOCHAT_MAX_FRAME
     INTERNAL = 1011  # unexpected server error
     TRY_AGAIN = 1013  # slow consumer
+    ABNORMAL = 1006  # never sent: what a connection dropped without a close handshake reports
     KICKED = 4001  # kicked from the operations console
 
 
@@ -57,6 +58,11 @@ class ProtocolError(Exception):
         self.code = code
         self.message = message
         self.ref = ref
+
+    @classmethod
+    def unavailable(cls, cause: BaseException | None, ref: str | None) -> ProtocolError:
+        """The broker could not take the request (`cause` says why, if it says anything)."""
+        return cls(ErrorCode.UNAVAILABLE, str(cause or "") or "broker down", ref)
 
 
 # --- client -> server -------------------------------------------------------------------

@@ -87,7 +87,7 @@ async def test_a_failed_check_turns_its_shortcut_off_and_says_so_once(
     await join(ws, "lobby")
     await ws.send_json({"type": "chat", "room": "lobby", "text": "still served", "cid": "1"})
     assert (await recv_type(ws, "chat"))["text"] == "still served"
-    assert chat.app[HUB].counters["chat_inline"] == 0
+    assert chat.app[HUB].stats.inline == 0
 
 
 async def test_a_check_that_raises_anything_is_a_no(
@@ -121,6 +121,6 @@ async def test_fast_paths_off_serves_through_public_api_only(
     (client,) = hub.clients.values()
     assert type(client.ws) is web.WebSocketResponse
     assert client.fd == -1  # every write goes through the transport
-    assert hub.counters["chat_inline"] == 0
+    assert hub.stats.inline == 0
     assert client.transport is not None
     assert not internals.http_parser_released(client.transport.get_protocol())

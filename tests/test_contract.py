@@ -263,7 +263,7 @@ async def test_slow_consumer_closed_1013_others_unaffected(make_chat: MakeChat) 
     await asyncio.wait_for(reader, timeout=30)
     drainer.cancel()
     assert received == count
-    assert hub.counters["slow_consumer"] == 1
+    assert hub.stats.slow_consumer_closes == 1
     code, _ = await asyncio.to_thread(slow.read_until_close)
     assert code == 1013
     slow.close()

@@ -258,7 +258,7 @@ async def test_peer_that_neither_reads_nor_pongs_is_aborted(make_chat: MakeChat)
     elapsed = loop.time() - last_heard
     assert heartbeat <= elapsed <= bound, elapsed
     assert transport.is_closing() and transport.get_write_buffer_size() == 0
-    assert hub.counters["slow_consumer"] == 0 and hub.counters["write_timeout"] == 0
+    assert hub.stats.slow_consumer_closes == 0 and hub.stats.write_timeout_closes == 0
     dead.close()
 
 
@@ -291,7 +291,7 @@ async def test_trickle_reader_closed_1013_by_write_timeout(make_chat: MakeChat) 
             await fast.send_json({"type": "chat", "room": "lobby", "text": f"{i} " + "t" * 2000})
         await until(lambda: transport.get_write_buffer_size() > 0, what="a backlog")
         backlog_seen = loop.time()
-        await until(lambda: hub.counters["write_timeout"] == 1, timeout=write_timeout + 3)
+        await until(lambda: hub.stats.write_timeout_closes == 1, timeout=write_timeout + 3)
         elapsed = loop.time() - backlog_seen
     finally:
         stop.set()
@@ -300,12 +300,12 @@ async def test_trickle_reader_closed_1013_by_write_timeout(make_chat: MakeChat) 
     slow.close()
     assert code == 1013
     assert write_timeout - 0.3 <= elapsed <= write_timeout + 1.5, elapsed
-    assert hub.counters["slow_consumer"] == 0  # the byte limit was never reached
+    assert hub.stats.slow_consumer_closes == 0  # the byte limit was never reached
     # the reader that keeps up got everything and is still connected
     texts = [(await recv_type(fast, "chat"))["text"] for _ in range(count)]
     assert texts == [f"{i} " + "t" * 2000 for i in range(count)]
     assert "fast" in {c.user_id for c in hub.clients.values()}
-    await until(lambda: hub.outbox.backlogged() == 0, what="the sweep to forget the slow peer")
+    await until(lambda: hub.backlogged() == 0, what="the sweep to forget the slow peer")
 
 
 # --- hostile paths and headers -------------------------------------------------------------

@@ -23,7 +23,7 @@ async def test_a_chat_is_taken_inline(chat: TestClient[Any, Any]) -> None:
     for i in range(3):
         await ws.send_json({"type": "chat", "room": "lobby", "text": f"m{i}", "cid": str(i)})
         assert (await recv_type(ws, "chat"))["cid"] == str(i)
-    assert hub.counters["chat_inline"] == 3
+    assert hub.stats.inline == 3
     (client,) = hub.clients.values()
     assert client.msgs_in == 4  # the join through the read loop, three chats inline
     # refused inline is still answered: a room it is not in
@@ -39,7 +39,7 @@ async def test_without_the_shortcut_frames_take_the_read_loop(make_chat: MakeCha
     await join(ws, "lobby")
     await ws.send_json({"type": "chat", "room": "lobby", "text": "hello"})
     assert (await recv_type(ws, "chat"))["text"] == "hello"
-    assert hub.counters["chat_inline"] == 0
+    assert hub.stats.inline == 0
 
 
 async def test_frames_read_in_one_chunk_keep_their_order(chat: TestClient[Any, Any]) -> None:

@@ -83,8 +83,8 @@ async def test_unconfirmed_messages_are_bounded_and_answered_late() -> None:
         fut.set_result(b"1-1")
     await asyncio.wait_for(over, 1)
     assert client.unconfirmed == 0
-    assert hub.counters["published"] == MAX_IN_FLIGHT
-    hub.outbox.flush()
+    assert hub.stats.published == MAX_IN_FLIGHT
+    hub.flush()
     errors = [f for f in frames(sock) if f["type"] == "error"]
     assert errors == [{"type": "error", "code": "unavailable", "message": "redis down", "ref": "0"}]
 

@@ -257,7 +257,7 @@ async def test_garbage_on_a_room_channel(redis_server: RedisServer, make_chat: A
         frame = await recv(ws)
         assert frame["type"] == "chat" and frame["cid"] == "ok", frame
     for app in (n1, n2):
-        assert app.app[HUB].counters["bad_envelope"] == len(GARBAGE)
+        assert app.app[HUB].stats.bad_envelopes == len(GARBAGE)
         metrics = await (await app.get("/metrics", headers=BEARER)).text()
         assert f"gochat_bad_envelopes_total {float(len(GARBAGE))}" in metrics
         assert (await readyz(app))[0] == 200
@@ -347,7 +347,7 @@ async def test_a_gap_beyond_history_closes_members_to_rejoin(
         1013,
         "messages missed: rejoin with since",
     )
-    assert a.app[BROKER].gaps == 1 and a.app[HUB].counters["resync_closes"] == 1
+    assert a.app[BROKER].gaps == 1 and a.app[HUB].stats.resync_closes == 1
     again, _ = await connect(a, "u0")
     rejoined = await join(again, "r", since=last_seen)
     assert rejoined["recovered"] is False

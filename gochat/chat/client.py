@@ -7,6 +7,8 @@ import time
 
 from aiohttp import web
 
+from ..protocol import CloseCode
+
 
 class Client:
     """A WebSocket connection as the Hub sees it. The Hub never awaits it."""
@@ -72,6 +74,19 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.user_id!r} {self.remote}>"
+
+    def mark_closed(self, code: int | None) -> None:
+        """No more frames for this connection; `code` is its close code unless one is set."""
+        self.closed = True
+        if self.close_code is None:
+            self.close_code = code
+
+    def abort(self) -> None:
+        """Drop the connection without a close handshake (it then reports 1006)."""
+        if self.close_code is None:
+            self.close_code = CloseCode.ABNORMAL
+        if self.transport is not None:
+            self.transport.abort()  # the read loop ends; the handler tells the Hub
 
     def take_token(self, rate: float, now: float) -> bool:
         """Token bucket: `rate` per second, burst twice that. False when over the rate."""

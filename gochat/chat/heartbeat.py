@@ -30,7 +30,6 @@ from .client import Client
 PING_FRAME = b"\x89\x00"  # unmasked, final, empty ping
 PING_AFTER = 4  # sweeps without a frame from the peer before it is pinged
 DEAD_AFTER = 6  # ... before it is dropped (two sweeps, half a heartbeat, after the ping)
-ABNORMAL = 1006  # the close code a connection dropped without a close handshake reports
 
 
 def pong_frame(payload: bytes) -> bytes:

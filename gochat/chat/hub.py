@@ -32,6 +32,7 @@ from ..events import EventTap, loggable
 from ..protocol import CloseCode, ErrorCode, ProtocolError, check_room
 from .client import Client
 from .outbox import Outbox, text_frame
+from .stats import ChatStats
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,10 @@ class Hub:
         self.outbox = Outbox(
             settings.send_buffer_bytes, self._overflow, settings.write_timeout, self._stuck
         )
-        self.counters: Counter[str] = Counter()
+        self.stats = ChatStats()
         self.room_msgs: Counter[str] = Counter()  # chat messages delivered per local room
-        # metrics: called with each chat message's wire JSON once it is handed to members
-        self.on_fanout: Callable[[bytes], None] | None = None
+        # called with each chat message's wire JSON once it is handed to members (metrics)
+        self._on_fanout: Callable[[bytes], None] | None = None
         self.closing = False
         broker.attach(self)  # the Hub is the broker's listener (brokers.base.BrokerListener)
 
@@ -82,7 +83,7 @@ class Hub:
         self.clients[client.id] = client
         ip = client.remote.rsplit(":", 1)[0]
         self.per_ip[ip] += 1
-        self.counters["connections"] += 1
+        self.stats.connections += 1
         self.send(client, protocol.welcome(client.user_id, client.name, self.node_id))
         self.tap.emit(
             "CONNECT", client.remote, client.id, client.user_id, conn=client.id, user=client.user_id
@@ -92,15 +93,12 @@ class Hub:
         """Forget a connection: leave its rooms (presence `offline` where it was the last)."""
         if self.clients.pop(client.id, None) is None:
             return
-        client.closed = True
-        if code is not None and client.close_code is None:
-            client.close_code = code
+        client.mark_closed(code)
         ip = client.remote.rsplit(":", 1)[0]
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
-        self.counters["msgs_in_closed"] += client.msgs_in
-        self.counters["msgs_out_closed"] += client.msgs_out
+        self.stats.messages_in_closed += client.msgs_in
         for room in list(client.rooms):
             await self._remove_member(client, room)
         self.tap.emit(
@@ -116,8 +114,16 @@ class Hub:
         """Send one encoded message to one client (never awaits)."""
         self.outbox.push(client, text_frame(payload))
 
+    def send_frame(self, client: Client, frame: bytes) -> None:
+        """Queue one ready WebSocket frame (a ping, a pong) behind what is queued already."""
+        self.outbox.push(client, frame)
+
+    def flush(self) -> None:
+        """Write what is queued now rather than at the end of this tick."""
+        self.outbox.flush()
+
     def send_error(self, client: Client, err: ProtocolError) -> None:
-        self.counters[f"error:{err.code.value}"] += 1
+        self.stats.errors[err.code.value] += 1
         self.send(client, protocol.error(err.code, err.message, err.ref))
         self.tap.emit(
             "ERROR", client.remote, err.code.value, err.message, conn=client.id, user=client.user_id
@@ -127,10 +133,15 @@ class Hub:
         """Close a connection from the server side (slow consumer, kick, policy)."""
         if client.closed:
             return
-        client.closed = True
-        client.close_code = code
-        client.pending = None
+        client.mark_closed(code)
+        self.outbox.discard(client)
         self.spawn(self._close(client, code, reason))
+
+    def abort_dead(self, client: Client) -> None:
+        """Abort a connection that answered no ping (heartbeat.py); its handler then tells
+        the Hub, like any connection that ends."""
+        self.stats.heartbeat_aborts += 1
+        client.abort()
 
     async def _close(self, client: Client, code: int, reason: str) -> None:
         ws = client.ws
@@ -145,14 +156,15 @@ class Hub:
             )
 
     def _overflow(self, client: Client) -> None:
+        self.stats.slow_consumer_closes += 1
         self._too_slow(client, "slow_consumer", "slow consumer")
 
     def _stuck(self, client: Client) -> None:
+        self.stats.write_timeout_closes += 1
         self._too_slow(client, "write_timeout", "write timeout")
 
     def _too_slow(self, client: Client, counter: str, reason: str) -> None:
-        """Close a client the Outbox cannot write to fast enough: 1013, counted and tapped."""
-        self.counters[counter] += 1
+        """Close a client the Outbox cannot write to fast enough: 1013, tapped."""
         log.info("%s %s: %d bytes unsent", client.id, reason, client.buffered_bytes())
         self.tap.emit(
             "ERROR", client.remote, counter, "closed 1013", conn=client.id, user=client.user_id
@@ -192,9 +204,7 @@ class Hub:
             try:
                 await self.broker.presence_add(room, client.id, client.user_id, client.name)
             except BrokerUnavailable as exc:
-                raise ProtocolError(
-                    ErrorCode.UNAVAILABLE, str(exc) or "broker down", "join"
-                ) from None
+                raise ProtocolError.unavailable(exc, "join") from None
             counted = True
             history_ids = await self._send_joined(client, room, since)
         except BaseException:
@@ -231,7 +241,7 @@ class Hub:
             members = await self.broker.members(room)
             history, recovered = await self.broker.history(room, since)
         except BrokerUnavailable as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", "join") from None
+            raise ProtocolError.unavailable(exc, "join") from None
         self.send(client, protocol.joined(room, members, [w for _, w in history], recovered))
         return {i for i, _ in history}
 
@@ -303,6 +313,12 @@ class Hub:
         if pending is not None and client.unconfirmed > MAX_IN_FLIGHT:
             await asyncio.wait((pending,))
 
+    def say_inline(self, client: Client, room: str, text: str, cid: str | None) -> None:
+        """`say_now` for a chat taken in aiohttp's data callback (ws.take_inline), which
+        never waits: counted apart, to show how often the shortcut is taken."""
+        self.stats.inline += 1
+        self.say_now(client, room, text, cid)
+
     def say_now(
         self, client: Client, room: str, text: str, cid: str | None = None
     ) -> asyncio.Future[bytes] | None:
@@ -335,7 +351,7 @@ class Hub:
         try:
             pending = self.broker.submit(room, suffix)
         except BrokerUnavailable as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref) from None
+            raise ProtocolError.unavailable(exc, ref) from None
         if isinstance(pending, bytes):  # its id: published already (the in-memory broker)
             self._published(client, room, suffix, pending)
             return None
@@ -350,15 +366,13 @@ class Hub:
         client.unconfirmed -= 1
         exc = done.exception() if not done.cancelled() else BrokerUnavailable("cancelled")
         if exc is not None:
-            self.send_error(
-                client, ProtocolError(ErrorCode.UNAVAILABLE, str(exc) or "broker down", ref)
-            )
+            self.send_error(client, ProtocolError.unavailable(exc, ref))
             return
         self._published(client, room, suffix, done.result())
 
     def _published(self, client: Client, room: str, suffix: bytes, msg_id: bytes) -> None:
         """A chat message of `client` is published: count it, and show it on the tap."""
-        self.counters["published"] += 1
+        self.stats.published += 1
         if self.tap.active:  # here, not in deliver: once per message, with the sender's address
             wire = CHAT_PREFIX + msg_id + suffix
             self.tap.emit(
@@ -410,11 +424,29 @@ class Hub:
         if waiting:
             for buffered in waiting.values():
                 buffered.append((kind, key, frame))
-        self.counters["delivered"] += 1
+        self.stats.delivered += 1
         if kind == CHAT:
             self.room_msgs[room] += 1
-            if self.on_fanout is not None:
-                self.on_fanout(wire)
+            if self._on_fanout is not None:
+                self._on_fanout(wire)
+
+    def on_fanout(self, observe: Callable[[bytes], None] | None) -> None:
+        """Call `observe` with each chat message's wire JSON once it is handed to members."""
+        self._on_fanout = observe
+
+    @property
+    def frames_out(self) -> int:
+        """WebSocket frames written to clients since start."""
+        return self.outbox.frames
+
+    @property
+    def socket_writes(self) -> int:
+        """Socket writes that carried them (fewer than frames: coalescing)."""
+        return self.outbox.writes
+
+    def backlogged(self) -> int:
+        """Connections with unsent bytes being timed (GOCHAT_WRITE_TIMEOUT)."""
+        return self.outbox.backlogged()
 
     def room_message_counts(self) -> dict[str, int]:
         """Chat messages delivered so far per room this node is in (a copy); the rooms it
@@ -425,8 +457,8 @@ class Hub:
         return dict(counts)
 
     def _bad_envelope(self, room: str, envelope: bytes) -> None:
-        self.counters["bad_envelope"] += 1
-        count = self.counters["bad_envelope"]
+        self.stats.bad_envelopes += 1
+        count = self.stats.bad_envelopes
         if count == 1 or count % BAD_ENVELOPE_LOG_EVERY == 0:
             log.warning(
                 "dropped a malformed broker message on %r (%d so far): %r",
@@ -463,7 +495,7 @@ class Hub:
         instead of living with a silent hole."""
         members = self.rooms.get(room)
         for client in list(members.values()) if members else ():
-            self.counters["resync_closes"] += 1
+            self.stats.resync_closes += 1
             self.drop(client, CloseCode.TRY_AGAIN, "messages missed: rejoin with since")
 
     def broker_state(self, ready: bool, reason: str) -> None:
@@ -474,7 +506,8 @@ class Hub:
             "up" if ready else "down",
             reason,
         )
-        self.counters["broker_up" if ready else "broker_down"] += 1
+        if ready:
+            self.stats.broker_ups += 1
         self.tap.emit("BROKER_UP" if ready else "BROKER_DOWN", self.node_id, reason)
 
     # --- shutdown ------------------------------------------------------------------------

@@ -99,6 +99,10 @@ class Outbox:
         else:
             client.pending = [pending, frame]  # type: ignore[list-item]
 
+    def discard(self, client: Client) -> None:
+        """Forget `client`'s frames of this tick (it is being closed)."""
+        client.pending = None
+
     def push_all(self, clients: Collection[Client], frame: bytes) -> None:
         """`push(client, frame)` for each of `clients`: the room fan-out, one loop, no calls.
 

@@ -159,9 +159,8 @@ def abort_if_stuck(transport: asyncio.Transport) -> None:
 
 async def close(hub: Hub, client: Client, ws: web.WebSocketResponse, code: int, why: str) -> None:
     """Close from the reader's own task (binary frame, abuse, internal error)."""
-    client.closed = True
-    client.close_code = code
-    hub.outbox.flush()  # what was queued before the fault still goes out, in order
+    client.mark_closed(code)
+    hub.flush()  # what was queued before the fault still goes out, in order
     await ws.close(code=code, message=why.encode()[:120], drain=False)
 
 
@@ -214,7 +213,7 @@ async def read_frames(
                     client.limited_since = None  # slowed down for a second's worth: forgiven
             await handle_text(hub, client, msg.data)
         elif msg.type is WSMsgType.PING:
-            hub.outbox.push(client, pong_frame(msg.data[:125]))
+            hub.send_frame(client, pong_frame(msg.data[:125]))
         elif msg.type is WSMsgType.PONG:
             pass
         elif msg.type is WSMsgType.BINARY:
@@ -247,9 +246,8 @@ def take_inline(hub: Hub, client: Client, raw: str) -> bool:
         return False
     client.heard = True
     client.msgs_in += 1
-    hub.counters["chat_inline"] += 1
     try:
-        hub.say_now(client, msg.room, msg.text, msg.cid)
+        hub.say_inline(client, msg.room, msg.text, msg.cid)
     except ProtocolError as err:
         hub.send_error(client, err)
     except Exception:

@@ -79,7 +79,7 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
-        counters = hub.counters
+        stats = hub.stats
         clients = list(hub.clients.values())
         yield GaugeMetricFamily(
             "gochat_connections", "Open chat connections on this node", value=len(clients)
@@ -88,52 +88,74 @@ class HubCollector(Collector):
             "gochat_rooms", "Rooms with members on this node", value=len(hub.rooms)
         )
         yield CounterMetricFamily(
-            "gochat_messages_in",
-            "Frames received from chat clients",
-            value=counters["msgs_in_closed"] + sum(c.msgs_in for c in clients),
+            "gochat_connections_accepted", "Chat connections accepted", value=stats.connections
         )
         yield CounterMetricFamily(
-            "gochat_messages_out",
-            "Frames written to chat clients",
-            value=hub.outbox.frames,
+            "gochat_messages_in",
+            "Frames received from chat clients",
+            value=stats.messages_in_closed + sum(c.msgs_in for c in clients),
+        )
+        yield CounterMetricFamily(
+            "gochat_messages_inline",
+            "Chat frames handled in aiohttp's data callback, without waking the connection's "
+            "task (GOCHAT_FAST_PATHS)",
+            value=stats.inline,
+        )
+        yield CounterMetricFamily(
+            "gochat_messages_out", "Frames written to chat clients", value=hub.frames_out
         )
         yield CounterMetricFamily(
             "gochat_socket_writes",
             "Socket writes that carried those frames (one per client per tick: frames per "
             "write above 1 means coalescing)",
-            value=hub.outbox.writes,
+            value=hub.socket_writes,
         )
         yield CounterMetricFamily(
             "gochat_messages_published",
             "Chat messages published by clients of this node",
-            value=counters["published"],
+            value=stats.published,
+        )
+        yield CounterMetricFamily(
+            "gochat_room_messages_delivered",
+            "Room messages (chat and presence) handed to this node's members",
+            value=stats.delivered,
         )
         errors = CounterMetricFamily(
             "gochat_errors", "Error frames sent to clients, by code", labels=["code"]
         )
-        for key, value in sorted(counters.items()):
-            if key.startswith("error:"):
-                errors.add_metric([key[6:]], value)
+        for code, value in sorted(stats.errors.items()):
+            errors.add_metric([code], value)
         yield errors
         yield CounterMetricFamily(
             "gochat_bad_envelopes",
             "Malformed messages from the broker dropped before reaching clients",
-            value=counters["bad_envelope"],
+            value=stats.bad_envelopes,
         )
         yield CounterMetricFamily(
             "gochat_slow_consumer_closes",
             "Connections closed with 1013 because their unsent bytes passed the limit",
-            value=counters["slow_consumer"],
+            value=stats.slow_consumer_closes,
         )
         yield CounterMetricFamily(
             "gochat_write_timeout_closes",
             "Connections closed with 1013 because their backlog did not drain in time",
-            value=counters["write_timeout"],
+            value=stats.write_timeout_closes,
+        )
+        yield CounterMetricFamily(
+            "gochat_resync_closes",
+            "Connections closed with 1013 because this node missed more of a room's "
+            "messages than its history holds (they rejoin with since)",
+            value=stats.resync_closes,
+        )
+        yield CounterMetricFamily(
+            "gochat_heartbeat_aborts",
+            "Connections aborted because they answered no ping",
+            value=stats.heartbeat_aborts,
         )
         yield CounterMetricFamily(
             "gochat_broker_reconnects",
             "Times the broker came back after being unavailable",
-            value=max(0, counters["broker_up"] - 1),
+            value=max(0, stats.broker_ups - 1),
         )
         yield GaugeMetricFamily(
             "gochat_broker_up", "1 while the broker is usable", value=int(self.broker.ready)
@@ -153,7 +175,7 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.registry.register(self.fanout)
-        hub.on_fanout = self.observe
+        hub.on_fanout(self.observe)
 
     def observe(self, wire: bytes) -> None:
         ts = message_ts_ms(wire)

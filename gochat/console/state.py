@@ -269,9 +269,7 @@ class Console:
         try:
             msg_id = await self.broker.publish(room, chat_suffix(fields))
         except BrokerUnavailable as exc:
-            raise ProtocolError(
-                ErrorCode.UNAVAILABLE, str(exc) or "broker down", "notice"
-            ) from None
+            raise ProtocolError.unavailable(exc, "notice") from None
         log.warning(
             "console %s sent a notice to %s: %s", loggable(by), loggable(room), loggable(text)
         )

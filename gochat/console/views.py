@@ -29,7 +29,7 @@ from ..brokers.base import BrokerUnavailable
 from ..events import KINDS, EventFilter, loggable
 from ..forwarded import client_address, own_origin
 from ..keys import BROKER, HUB, SETTINGS, TAP
-from ..protocol import ProtocolError
+from ..protocol import ErrorCode, ProtocolError
 from .auth import COOKIE_NAME, Session
 from .keys import CONSOLE, METRICS
 from .metrics import CONTENT_TYPE, Metrics
@@ -301,7 +301,7 @@ async def notice(request: web.Request) -> web.Response:
             fields.get("room", "").strip(), fields.get("text", ""), request[OPERATOR].addr
         )
     except ProtocolError as err:
-        status = 503 if err.code.value == "unavailable" else 400
+        status = 503 if err.code is ErrorCode.UNAVAILABLE else 400
         return action_reply(from_form, status, {"error": err.code.value, "message": err.message})
     return action_reply(from_form, 200, {"status": "sent", "id": msg_id})
 
