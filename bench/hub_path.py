@@ -94,7 +94,7 @@ async def main(members: int, n: int, profile: bool, opcodes: bool) -> None:
         client = Client(hub.next_conn_id(), f"u{i}", f"u{i}", f"127.0.0.1:{i}", None, transport)
         client.fd = devnull  # what a plain socket transport gives (FastPaths.direct_fd)
         hub.connect(client)
-        await hub.join(client, "r", None)
+        await hub.memberships.join(client, "r", None)
         clients.append(client)
     hub.flush()
 

@@ -81,9 +81,9 @@ async def main(publishers: int, messages: int, rounds: int) -> None:
         assert broker.ready, broker.reason
 
         async def unbatched(room: str, suffix: bytes) -> object:
-            script = broker._scripts["publish"]
-            key = broker._key("history:", room)
-            return await script(keys=[key], args=broker._publish_args(room, suffix))
+            script = broker.commands.scripts["publish"]
+            key = broker.commands.key("history:", room)
+            return await script(keys=[key], args=broker.publisher.publish_args(room, suffix))
 
         results: dict[str, list[tuple[float, float, float]]] = {"batched": [], "per message": []}
         for r in range(rounds):

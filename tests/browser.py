@@ -22,10 +22,10 @@ from gochat.chat.client import Client
 from gochat.chat.hub import Hub
 from gochat.keys import HUB
 
-from .conftest import make_settings
-from .util import until
+from .util import ROOT, make_settings, until
 
 CHROMIUM = Path("/usr/bin/chromium")
+OUTPUT = ROOT / "test-output"  # screenshots
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

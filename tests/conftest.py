@@ -1,26 +1,47 @@
-"""Fixtures: a real gochat app behind a real socket, configured per test."""
+"""Fixtures: a real gochat app behind a real socket, configured per test; a redis-server or
+a Chromium of the test's own; and the check that such tests carry their marker."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from playwright.async_api import Browser
 
 from gochat.app import create_app
-from gochat.config import Settings
 
+from .browser import chromium
 from .redis_server import RedisServer
+from .util import make_settings
 
 MakeChat = Callable[..., Awaitable[TestClient[Any, Any]]]
 
+# A test that uses one of these fixtures (directly or through another fixture) must carry the
+# marker: `-m "not redis"` / `-m "not browser"` then leaves out exactly the tests that need a
+# redis-server or Chromium. The markers are written out in the test modules, where a reader
+# sees them; collection fails when one is missing (rather than adding it silently, which would
+# make a marker in the source a mere comment that may or may not agree with the run).
+MARKED_FIXTURES = {
+    "redis": {"redis_server", "debug_redis"},
+    "browser": {"browser"},
+}
 
-def make_settings(**overrides: Any) -> Settings:
-    """Test settings: a fixed node id, no rate limit unless asked, short grace."""
-    values: dict[str, Any] = {"node_id": "test-node", "rate": 0, "shutdown_grace": 2}
-    values.update(overrides)
-    return Settings(**values)
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    missing = [
+        f"{item.nodeid}: uses {', '.join(sorted(uses))} but is not marked `{marker}`"
+        for item in items
+        for marker, fixtures in MARKED_FIXTURES.items()
+        if (uses := fixtures & set(getattr(item, "fixturenames", ())))
+        and item.get_closest_marker(marker) is None
+    ]
+    if missing:
+        raise pytest.UsageError(
+            "tests without their marker (add `pytestmark = pytest.mark.<marker>` to the module "
+            "or `@pytest.mark.<marker>` to the test):\n  " + "\n  ".join(missing)
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -68,3 +89,21 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def debug_redis() -> Iterator[RedisServer]:
+    """Like `redis_server`, but one that accepts DEBUG (Redis 7 refuses it by default)."""
+    server = RedisServer(extra=("--enable-debug-command", "yes"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium (tests/browser.py), closed at teardown."""
+    async with chromium() as chrome:
+        yield chrome

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -11,10 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gochat.app import create_app
+from gochat.brokers.base import BrokerUnavailable
 from gochat.brokers.memory import MemoryBroker
 from gochat.console.auth import COOKIE_NAME, ConsoleAuth, LoginThrottle
 from gochat.console.keys import CONSOLE
@@ -23,16 +22,14 @@ from gochat.console.state import WATCH_TTL
 from gochat.events import EventFilter, Feed
 from gochat.keys import HUB, TAP
 
-from .conftest import MakeChat, make_settings
-from .util import TIMEOUT, connect, expect_close, join, recv_type, until
+from .conftest import MakeChat
+from .console import BEARER, TOKEN, events_until, has_kind, open_stream
+from .util import TIMEOUT, connect, expect_close, join, make_settings, recv_type, until
+from .util import Chat as Client
 
-TOKEN = "test-admin-token-0123456789"
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
 LINE = re.compile(
     r'^\d{10}\.\d{6} \[(?P<node>\S+) (?P<addr>\S+)\] "(?P<kind>[A-Z_]+)"(?P<rest>.*)$'
 )
-
-Client = TestClient[Any, Any]
 
 
 @pytest.fixture
@@ -49,34 +46,6 @@ async def login(client: Client) -> str:
     match = re.search(r'<meta name="csrf-token" content="([^"]+)">', await page.text())
     assert match
     return match.group(1)
-
-
-async def open_stream(client: Client, **headers: str) -> aiohttp.ClientWebSocketResponse:
-    ws = await client.ws_connect("/admin/events", headers=headers or BEARER)
-    hello = json.loads((await ws.receive(timeout=TIMEOUT)).data)
-    assert hello["type"] == "hello" and "PUBLISH" in hello["kinds"]
-    return ws
-
-
-async def events_until(
-    ws: aiohttp.ClientWebSocketResponse, done: Any, timeout: float = TIMEOUT
-) -> list[dict[str, Any]]:
-    """Collect stream events until `done(events)` is true."""
-    seen: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while not done(seen):
-            msg = await ws.receive()
-            assert msg.type is aiohttp.WSMsgType.TEXT, msg
-            data = json.loads(msg.data)
-            if data["type"] == "events":
-                seen.extend(data["events"])
-    return seen
-
-
-def has_kind(kind: str, **match: str) -> Any:
-    return lambda evs: any(
-        e["kind"] == kind and all(e.get(k) == v for k, v in match.items()) for e in evs
-    )
 
 
 # --- auth ---------------------------------------------------------------------------------
@@ -270,6 +239,45 @@ async def test_snapshot_lists_nodes_connections_and_rooms(admin: Client) -> None
     assert bad.status == 400
     await a.close()
     await b.close()
+
+
+async def test_room_members_count_users_in_one_call_per_page(
+    admin: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rooms table counts users, not connections (one user connected twice counts
+    once), with one member_counts call per page; when the broker cannot answer, every
+    room's count is unknown."""
+    console = admin.app[CONSOLE]
+    a1, _ = await connect(admin, "alice")
+    a2, _ = await connect(admin, "alice")
+    b, _ = await connect(admin, "bob")
+    for ws in (a1, a2, b):
+        await join(ws, "lobby")
+    await join(b, "side")
+    broker = console.broker
+    counts = await broker.member_counts(["lobby", "side", "nowhere"])
+    assert counts == {"lobby": 2, "side": 1, "nowhere": 0}
+    calls: list[list[str]] = []
+    real = broker.member_counts
+
+    async def counting(rooms: list[str]) -> dict[str, int]:
+        calls.append(list(rooms))
+        counted: dict[str, int] = await real(rooms)
+        return counted
+
+    async def refusing(rooms: list[str]) -> dict[str, int]:
+        raise BrokerUnavailable("down")
+
+    monkeypatch.setattr(broker, "member_counts", counting)
+    page = await console.rooms("", 0, 50)
+    assert calls == [["lobby", "side"]]
+    rows = {r["name"]: (r["members"], r["local"]) for r in page["items"]}
+    assert rows == {"lobby": (2, 3), "side": (1, 1)}
+    monkeypatch.setattr(broker, "member_counts", refusing)
+    page = await console.rooms("", 0, 50)
+    assert [(r["name"], r["members"]) for r in page["items"]] == [("lobby", None), ("side", None)]
+    for ws in (a1, a2, b):
+        await ws.close()
 
 
 async def test_room_rate_counts_messages_per_second(admin: Client) -> None:

@@ -7,57 +7,25 @@ web client at /) in others. Screenshots go to test-output/.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
-from gochat.app import create_app
+from .browser import OUTPUT, serve
+from .console import TOKEN
 
-from .conftest import make_settings
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TOKEN = "browser-test-token-0123456789"
-OUT = Path(__file__).resolve().parent.parent / "test-output"
 EVIL_NAME = "<img src=x onerror=alert(1)>"
 EVIL_TEXT = '<script>alert("pwned")</script><b>bold?</b>'
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[str]:
-    app = create_app(make_settings(admin_token=TOKEN, node_id="node-a", host="127.0.0.1"))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with serve(admin_token=TOKEN, node_id="node-a", host="127.0.0.1") as live:
+        yield live.url
 
 
 async def new_page(browser: Browser, dialogs: list[str]) -> Page:
@@ -73,8 +41,8 @@ async def new_page(browser: Browser, dialogs: list[str]) -> Page:
 
 
 async def shot(page: Page, name: str) -> None:
-    OUT.mkdir(exist_ok=True)
-    await page.screenshot(path=str(OUT / name), full_page=True)
+    OUTPUT.mkdir(exist_ok=True)
+    await page.screenshot(path=str(OUTPUT / name), full_page=True)
 
 
 async def test_console_in_a_real_browser(server: str, browser: Browser) -> None:

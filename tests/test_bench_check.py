@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pytest
+
 from bench import loadgen, report
 from bench.run import pair_order, run_check
 from gochat import protocol
@@ -16,6 +18,7 @@ from gochat.chat.outbox import text_frame
 from gochat.protocol import encode
 
 
+@pytest.mark.slow
 def test_fanout_loses_nothing() -> None:
     result = run_check(clients=100, messages=300, rate=200.0)
     assert result["ok"], result

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -23,10 +22,11 @@ from playwright.async_api import (
 
 from gochat.chat.auth import mint
 
-from .browser import LiveServer, chromium, serve
+from .browser import OUTPUT, LiveServer, serve
 from .util import join, recv_type, until
 
-OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+pytestmark = pytest.mark.browser
+
 HTML_TEXT = '<img src=x onerror="window.__xss=1"><b>bold</b>'
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -45,12 +45,6 @@ class OpenPage(Protocol):
 async def server() -> AsyncIterator[LiveServer]:
     async with serve() as live:
         yield live
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as chrome:
-        yield chrome
 
 
 @pytest.fixture
@@ -256,6 +250,7 @@ async def test_reconnect_recovers_missed_messages_once(
     assert joins == [{"type": "join", "room": "lobby", "since": before_id}], sent
 
 
+@pytest.mark.slow
 async def test_kick_stops_until_reconnect(server: LiveServer, open_page: OpenPage) -> None:
     alice = await open_page("alice")
     await ready(alice)
@@ -293,6 +288,7 @@ async def test_kick_stops_until_reconnect(server: LiveServer, open_page: OpenPag
     await say(alice, "back after the kick")
 
 
+@pytest.mark.slow
 async def test_phone_and_desktop_layout(open_page: OpenPage) -> None:
     OUTPUT.mkdir(exist_ok=True)
     desktop = await open_page("alice")
@@ -324,6 +320,7 @@ async def test_phone_and_desktop_layout(open_page: OpenPage) -> None:
 SECRET = "browser-test-secret-0123456789abcdef"
 
 
+@pytest.mark.slow
 async def test_token_from_the_address_bar(browser: Browser) -> None:
     """With client auth on, `/?token=` signs the page in as the token's user; a bad token
     stops on a refusal notice after one attempt (and one HTTP check), with no retry loop."""

@@ -14,27 +14,24 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient
+import pytest
 
 from gochat.console.keys import CONSOLE
 from gochat.keys import BROKER, HUB, TAP
 
+from .cluster import nodes
+from .console import BEARER, TOKEN, events_until, has_kind, open_stream
 from .redis_server import RedisServer
-from .test_admin import BEARER, TOKEN, events_until, has_kind, open_stream
-from .util import TIMEOUT, connect, join, recv, recv_type, until
+from .util import TIMEOUT, Chat, connect, join, recv, recv_type, until
 
-Chat = TestClient[Any, Any]
+pytestmark = pytest.mark.redis
+
 Stream = aiohttp.ClientWebSocketResponse
 
 
 async def cluster(make_chat: Any, server: RedisServer, *names: str, **extra: Any) -> list[Chat]:
     """One app per name on `server`, all with the same admin token, each ready."""
-    apps = [
-        await make_chat(redis_url=server.url, node_id=n, admin_token=TOKEN, **extra) for n in names
-    ]
-    for app in apps:
-        assert app.app[BROKER].ready, app.app[BROKER].reason
-    return apps
+    return await nodes(make_chat, server, *names, admin_token=TOKEN, **extra)
 
 
 async def watch(console_node: Chat, *others: Chat) -> Stream:

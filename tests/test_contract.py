@@ -195,7 +195,7 @@ async def test_internal_error_closes_1011(
         raise RuntimeError("injected fault")
 
     # say_now: the chat is handled inline (aiohttp_internals.InlineQueue), and `say` calls it too
-    monkeypatch.setattr(hub, "say_now", broken)
+    monkeypatch.setattr(hub.publisher, "say_now", broken)
     await ws.send_json({"type": "chat", "room": "lobby", "text": "boom"})
     assert await expect_close(ws) == 1011
     monkeypatch.undo()

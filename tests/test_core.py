@@ -102,6 +102,6 @@ async def test_no_state_left_after_disconnects(chat: TestClient[Any, Any]) -> No
     assert [c.user_id for c in hub.clients.values()] == ["keeper"]
     assert set(hub.rooms) == {"stay"}
     assert list(hub.rooms["stay"].values())[0].user_id == "keeper"
-    assert not hub._joining
+    assert not hub.memberships.joining
     members = await hub.broker.members("stay")
     assert members == [{"userId": "keeper", "name": "keeper"}]

@@ -33,11 +33,9 @@ from gochat.events import LOG_ARG
 from gochat.keys import FIRST_FRAME, HUB
 
 from .conftest import MakeChat
+from .console import BEARER, TOKEN
 from .rawws import RawWS
 from .util import connect, join, recv, recv_type, until
-
-TOKEN = "test-admin-token-0123456789"
-BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def server_client(chat: TestClient[Any, Any], user_id: str) -> Any:

@@ -17,8 +17,7 @@ import aiohttp
 from gochat.__main__ import new_event_loop
 
 from .procs import Node, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from .util import ROOT
 
 
 async def _client(session: aiohttp.ClientSession, node: Node, name: str) -> Any:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import tomllib
-from pathlib import Path
 
 import gochat
 
-ROOT = Path(__file__).resolve().parent.parent
+from .util import ROOT
 
 
 def _toml(name: str) -> dict[str, object]:

@@ -17,10 +17,11 @@ from gochat.brokers.base import (
 )
 from gochat.brokers.memory import MemoryBroker
 from gochat.chat.client import Client
-from gochat.chat.hub import MAX_IN_FLIGHT, Hub
+from gochat.chat.hub import Hub
+from gochat.chat.publishing import MAX_IN_FLIGHT
 from gochat.events import EventTap
 
-from .conftest import make_settings
+from .util import make_settings
 
 
 class HeldBroker(MemoryBroker):
@@ -70,11 +71,11 @@ async def test_unconfirmed_messages_are_bounded_and_answered_late() -> None:
     sock = Socket()
     client = Client("c1", "u", "u", "127.0.0.1:1", None, sock)  # type: ignore[arg-type]
     hub.connect(client)
-    await hub.join(client, "r")
+    await hub.memberships.join(client, "r")
     for i in range(MAX_IN_FLIGHT):  # each returns as soon as the broker has it
-        await hub.say(client, "r", f"m{i}", cid=str(i))
+        await hub.publisher.say(client, "r", f"m{i}", cid=str(i))
     assert client.unconfirmed == MAX_IN_FLIGHT
-    over = asyncio.ensure_future(hub.say(client, "r", "one too many", cid="over"))
+    over = asyncio.ensure_future(hub.publisher.say(client, "r", "one too many", cid="over"))
     done, _ = await asyncio.wait([over], timeout=0.1)
     assert not done, "the reader must wait while the client has too many unconfirmed"
 

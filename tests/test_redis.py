@@ -14,45 +14,23 @@ from typing import Any, cast
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient
 
 from gochat.brokers import redis as redis_broker
 from gochat.brokers.base import BrokerUnavailable, chat_suffix
 from gochat.events import Event
 from gochat.keys import BROKER, TAP
 
+from .cluster import nodes, readyz, until_ready
 from .procs import Node
 from .redis_server import RedisServer
 from .util import connect, join, nothing_more, recv, recv_type, until
 
-Chat = TestClient[Any, Any]
-
-
-async def nodes(make_chat: Any, server: RedisServer, *names: str, **extra: Any) -> list[Chat]:
-    """One app per name, all on `server`, each ready before it is returned."""
-    apps = [await make_chat(redis_url=server.url, node_id=n, **extra) for n in names]
-    for app in apps:
-        assert app.app[BROKER].ready, app.app[BROKER].reason
-    return apps
+pytestmark = pytest.mark.redis
 
 
 async def chats_until(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict[str, Any]]:
     """The next `count` chat frames (other frames skipped)."""
     return [await recv_type(ws, "chat") for _ in range(count)]
-
-
-async def readyz(app: Chat) -> tuple[int, dict[str, Any]]:
-    resp = await app.get("/readyz")
-    return resp.status, await resp.json()
-
-
-async def until_ready(app: Chat, ready: bool, timeout: float = 10.0) -> float:
-    """Wait for /readyz to answer 200 (ready) or 503; return how long it took."""
-    start = time.monotonic()
-    async with asyncio.timeout(timeout):
-        while (await readyz(app))[0] != (200 if ready else 503):
-            await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def test_cross_node_chat_presence_members(redis_server: RedisServer, make_chat: Any) -> None:
@@ -193,6 +171,7 @@ async def test_history_and_since_across_nodes(redis_server: RedisServer, make_ch
         await c.close()
 
 
+@pytest.mark.slow
 async def test_killed_node_goes_offline_within_ttl(
     redis_server: RedisServer, make_chat: Any
 ) -> None:
@@ -330,8 +309,8 @@ async def test_redis_absent_at_startup(redis_server: RedisServer, make_chat: Any
 async def test_readiness_follows_the_subscriber_connection(
     redis_server: RedisServer, make_chat: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_broker, "PROBE_EVERY", 0.1)
-    monkeypatch.setattr(redis_broker, "PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(redis_broker.subscriber, "PROBE_EVERY", 0.1)
+    monkeypatch.setattr(redis_broker.subscriber, "PROBE_TIMEOUT", 0.5)
     n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
     kinds: dict[str, list[str]] = {"n1": [], "n2": []}
     reasons: list[str] = []
@@ -365,7 +344,7 @@ async def test_readiness_follows_the_subscriber_connection(
     broker = n1.app[BROKER]
     kinds["n1"].clear()
     reasons.clear()
-    monkeypatch.setattr(broker, "_control", broker._control + b"-elsewhere")
+    monkeypatch.setattr(broker.subscriber, "_control", broker.subscriber._control + b"-elsewhere")
     await until(lambda: "BROKER_DOWN" in kinds["n1"], timeout=3, what="the probe to fail")
     assert "probe" in reasons[0], reasons
     await until(lambda: kinds["n1"][-1:] == ["BROKER_UP"], what="ready again")
@@ -531,3 +510,41 @@ async def test_a_fast_sender_is_published_in_order_in_few_round_trips(
     assert [(await recv_type(sender, "chat"))["cid"] for _ in range(count)] == got
     assert broker.publish_round_trips - before < count
     await nothing_more(watcher)
+
+
+async def test_member_counts_are_users_in_one_round_trip(
+    redis_server: RedisServer, make_chat: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console's room table: each room's number of users (one user connected twice, on
+    two nodes, counts once), for a whole page of rooms in one round trip to Redis."""
+    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+    ann1, _ = await connect(n1, "ann")
+    ann2, _ = await connect(n2, "ann")
+    ben, _ = await connect(n2, "ben")
+    for ws in (ann1, ann2, ben):
+        await join(ws, "lobby")
+    await join(ben, "side")
+    broker = n1.app[BROKER]
+    me = asyncio.current_task()
+    trips: list[str] = []  # what this task sent to Redis: a command, or a pipeline of them
+    command: Any = aioredis.Redis.execute_command  # untyped in redis-py
+    execute = aioredis.client.Pipeline.execute
+
+    async def one_command(self: Any, *args: Any, **options: Any) -> Any:
+        if asyncio.current_task() is me:
+            trips.append(str(args[0]))
+        return await command(self, *args, **options)
+
+    async def one_pipeline(self: Any, raise_on_error: bool = True) -> Any:
+        if asyncio.current_task() is me:
+            trips.append(f"pipeline of {len(self.command_stack)}")
+        return await execute(self, raise_on_error)
+
+    with monkeypatch.context() as m:
+        m.setattr(aioredis.Redis, "execute_command", one_command)
+        m.setattr(aioredis.client.Pipeline, "execute", one_pipeline)
+        counts = await broker.member_counts(["lobby", "side", "empty"])
+    assert counts == {"lobby": 2, "side": 1, "empty": 0}
+    assert len(trips) == 1, trips
+    assert counts["lobby"] == len(await broker.members("lobby"))
+    assert await broker.member_counts([]) == {}

@@ -16,7 +16,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any, cast
 
 import aiohttp
@@ -28,23 +27,14 @@ from gochat.brokers.base import CHAT_PREFIX
 from gochat.events import Event
 from gochat.keys import BROKER, HUB, TAP
 
+from .cluster import nodes, readyz, until_ready
+from .console import BEARER, TOKEN
 from .redis_server import RedisServer
-from .test_admin import BEARER, TOKEN
-from .test_redis import Chat, nodes, readyz, until_ready
-from .util import TIMEOUT, connect, join, recv, recv_type, until
+from .util import TIMEOUT, Chat, connect, join, recv, recv_type, until
+
+pytestmark = pytest.mark.redis
 
 ROOM_CHANNEL = "gochat:room:r"
-
-
-@pytest.fixture
-def debug_redis() -> Iterator[RedisServer]:
-    """A redis-server that accepts DEBUG (Redis 7 refuses it by default)."""
-    server = RedisServer(extra=("--enable-debug-command", "yes"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def broker_events(*apps: Chat) -> dict[str, list[str]]:
@@ -104,13 +94,14 @@ async def members_in_r(apps: list[Chat]) -> list[aiohttp.ClientWebSocketResponse
     return socks
 
 
+@pytest.mark.slow
 async def test_redis_hanging_debug_sleep(
     debug_redis: RedisServer, make_chat: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The probe's PUBLISH fails after COMMAND_TIMEOUT (2 s); it goes out every PROBE_EVERY,
     # so by default a hang is noticed 2-3 s in, and a 3 s hang may end just before. Probing
     # every 0.25 s makes a 3 s hang always noticed (within 2.25 s), so readiness must show it.
-    monkeypatch.setattr(redis_broker, "PROBE_EVERY", 0.25)
+    monkeypatch.setattr(redis_broker.subscriber, "PROBE_EVERY", 0.25)
     n1, n2 = await nodes(make_chat, debug_redis, "n1", "n2")
     states = broker_events(n1, n2)
     a, b = await members_in_r([n1, n2])

@@ -1,15 +1,29 @@
-"""Helpers shared by the tests: connect, receive with a timeout, wait for a frame type."""
+"""Helpers shared by the tests: test settings, connect, receive with a timeout, wait for a
+frame type."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
 
+from gochat.config import Settings
+
 TIMEOUT = 5.0
+ROOT = Path(__file__).resolve().parent.parent  # the repository's root
+
+Chat = TestClient[Any, Any]  # a client on one in-process gochat app (a "node")
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Test settings: a fixed node id, no rate limit unless asked, short grace."""
+    values: dict[str, Any] = {"node_id": "test-node", "rate": 0, "shutdown_grace": 2}
+    values.update(overrides)
+    return Settings(**values)
 
 
 async def connect(

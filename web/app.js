@@ -19,7 +19,7 @@
  * error messages, close reasons) only ever reaches the DOM through textContent /
  * createTextNode. Nothing in this file uses innerHTML.
  *
- * Wire contract: /work/shared/PROTOCOL.md (the project's docs describe it for users).
+ * Wire contract: docs/protocol.md.
  */
 (() => {
   'use strict';

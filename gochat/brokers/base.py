@@ -205,6 +205,11 @@ class Broker(ABC):
     async def members(self, room: str) -> list[Member]:
         """The room's members across the cluster, one entry per user."""
 
+    @abstractmethod
+    async def member_counts(self, rooms: list[str]) -> dict[str, int]:
+        """Each of `rooms`' number of members across the cluster (distinct users, what
+        `len(members(room))` is), for a page of rooms at once: one round trip in Redis."""
+
     def publish_event(self, data: bytes) -> None:
         """Share one console event with every node; in one process it comes straight back."""
         self.cluster.cluster_event(data)

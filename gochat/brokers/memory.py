@@ -135,3 +135,7 @@ class MemoryBroker(Broker):
         if r is None:
             return []
         return [{"userId": uid, "name": name} for uid, (name, _) in r.users.items()]
+
+    async def member_counts(self, rooms: list[str]) -> dict[str, int]:
+        found = {room: self._rooms.get(room) for room in rooms}
+        return {room: len(r.users) if r is not None else 0 for room, r in found.items()}

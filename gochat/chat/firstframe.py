@@ -6,9 +6,9 @@ message within GOCHAT_HANDSHAKE_TIMEOUT of its upgrade is closed 1008.
 
 Every connection is watched for the same length of time, so deadlines fall in the order the
 connections arrive: an insertion-ordered map from client to deadline, its head the next
-deadline, and one loop timer armed for it. A `loop.call_later` per connection cost ~0.27 KB
-(handle, arguments, a copied context, a heap slot) for its first seconds; an entry here is
-about a third of that, and leaving (`forget`) stays O(1).
+deadline, and one loop timer armed for it. A `loop.call_later` per connection costs a
+handle, its arguments, a copied context and a heap slot for its first seconds; an entry
+here is a fraction of that (docs/performance.md, S3), and leaving (`forget`) stays O(1).
 """
 
 from __future__ import annotations

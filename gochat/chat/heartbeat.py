@@ -2,8 +2,8 @@
 
 aiohttp's own heartbeat arms a loop timer per connection and, on every chunk a peer sends,
 schedules a callback to push that timer back. Under uvloop a timer is a libuv handle plus
-its Python wrapper: ~0.8 KB per idle connection (`bench/run.py --scenario S3`), and a
-`call_soon` per incoming message. Here the read loop only sets `client.heard` on every
+its Python wrapper per idle connection (docs/performance.md, S3), and a `call_soon` per
+incoming message. Here the read loop only sets `client.heard` on every
 frame it receives (text, ping or pong), and one sweep every GOCHAT_HEARTBEAT / 4 seconds
 walks the connections:
 

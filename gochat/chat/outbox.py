@@ -12,8 +12,8 @@ Why it is shaped this way (see docs/performance.md for the measurements):
   every one of the ticks after a busy tick, wait for the flush.
 - When a client's transport holds no bytes, `flush` writes to its socket itself: one
   `os.write`, which is what `transport.write` does then, without the transport's per-call
-  bookkeeping (about 0.7 µs per delivery under uvloop, the largest part of the server's own
-  CPU at low load). Whatever the kernel does not take, and every error, is handed to the
+  bookkeeping (under uvloop the largest part of the server's own CPU at low load:
+  docs/performance.md). Whatever the kernel does not take, and every error, is handed to the
   transport, so it still owns buffering, flow control and closing. Only plain socket
   transports qualify (`client.fd`, from FastPaths.direct_fd in aiohttp_internals.py).
 - `transport.write` never blocks. What the kernel did not take stays in the transport's

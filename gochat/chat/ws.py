@@ -24,7 +24,8 @@ from ..protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
 from .auth import AuthError, verify
 from .client import Client
 from .heartbeat import pong_frame
-from .hub import MAX_IN_FLIGHT, Hub
+from .hub import Hub
+from .publishing import MAX_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,10 @@ async def read_frames(
     rate = settings.rate
     inline = functools.partial(take_inline, hub, client) if queue is not None else None
     while True:
-        # receive(), not `async for`: one coroutine frame fewer per idle connection (~0.2
-        # KB), and the same exits (CLOSE/CLOSING/CLOSED fall to the last branch). While it
-        # waits, a chat frame may be taken by `take_inline` without waking this task.
+        # receive(), not `async for`: one coroutine frame fewer per idle connection
+        # (docs/performance.md, S3), and the same exits (CLOSE/CLOSING/CLOSED fall to the
+        # last branch). While it waits, a chat frame may be taken by `take_inline` without
+        # waking this task.
         if queue is not None:
             queue.inline = inline
         msg = await ws.receive()
@@ -247,7 +249,7 @@ def take_inline(hub: Hub, client: Client, raw: str) -> bool:
     client.heard = True
     client.msgs_in += 1
     try:
-        hub.say_inline(client, msg.room, msg.text, msg.cid)
+        hub.publisher.say_inline(client, msg.room, msg.text, msg.cid)
     except ProtocolError as err:
         hub.send_error(client, err)
     except Exception:
@@ -261,10 +263,10 @@ async def handle_text(hub: Hub, client: Client, raw: str) -> None:
     try:
         msg = protocol.decode(raw)
         if isinstance(msg, Chat):
-            await hub.say(client, msg.room, msg.text, msg.cid)
+            await hub.publisher.say(client, msg.room, msg.text, msg.cid)
         elif isinstance(msg, Join):
-            await hub.join(client, msg.room, msg.since)
+            await hub.memberships.join(client, msg.room, msg.since)
         else:
-            await hub.leave(client, msg.room)
+            await hub.memberships.leave(client, msg.room)
     except ProtocolError as err:
         hub.send_error(client, err)

@@ -175,7 +175,7 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.registry.register(self.fanout)
-        hub.on_fanout(self.observe)
+        hub.delivery.on_fanout(self.observe)
 
     def observe(self, wire: bytes) -> None:
         ts = message_ts_ms(wire)

@@ -172,7 +172,7 @@ class Console:
         if self._sharing and now > self._watched_until:
             self._sharing = False
             self.tap.detach(self._share)
-        self._samples.append((now, self.hub.room_message_counts()))
+        self._samples.append((now, self.hub.delivery.room_message_counts()))
 
     def room_rate(self, room: str) -> float:
         """Chat messages per second in `room` over the last few seconds."""
@@ -348,16 +348,17 @@ class Console:
         """One page of this node's rooms with their cluster-wide member counts."""
         names = sorted(r for r in self.hub.rooms if q.lower() in r.lower())
         start = page * limit
+        shown = names[start : start + limit]
+        try:  # one round trip for the page: the console asks every second
+            counts: dict[str, int] | None = await self.broker.member_counts(shown)
+        except BrokerUnavailable:
+            counts = None
         items = []
-        for room in names[start : start + limit]:
-            try:
-                members: int | None = len(await self.broker.members(room))
-            except BrokerUnavailable:
-                members = None
+        for room in shown:
             items.append(
                 {
                     "name": room,
-                    "members": members,
+                    "members": counts.get(room) if counts is not None else None,
                     "local": len(self.hub.rooms.get(room, ())),
                     "rate": round(self.room_rate(room), 2),
                 }

@@ -1,0 +1,50 @@
+"""Reading the rooms' streams: a room's history for a joining client, its newest id for the
+subscriber. (The publish script writes them: publisher.py.)"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..base import CHAT_PREFIX, History
+
+STREAM_ID = re.compile(rb"\d{1,20}-\d{1,20}")
+
+
+def parse_id(raw: bytes) -> tuple[int, int] | None:
+    """A stream id (b"1732740000123-0") as a comparable pair; None when it is not one."""
+    ms, _, seq = raw.partition(b"-")
+    try:
+        return int(ms), int(seq)
+    except ValueError:
+        return None
+
+
+def wires(entries: Any) -> History:
+    return [(i, CHAT_PREFIX + i + f[b"s"]) for i, f in entries]
+
+
+async def read(r: Redis, key: str, size: int, since: str | None) -> tuple[History, bool | None]:
+    """What Broker.history answers, from the stream `key` that keeps `size` messages."""
+    recovered: bool | None = None
+    if since is not None:
+        recovered = False
+        wanted = since.encode()
+        if size and STREAM_ID.fullmatch(wanted):
+            # `since` itself plus up to `size` after it, and one more to tell whether
+            # more than `size` are missing (then the ring semantics say: not recovered)
+            entries: Any = await r.xrange(key, min=wanted, count=size + 2)
+            if entries and entries[0][0] == wanted and len(entries) <= size + 1:
+                return wires(entries[1:]), True
+    if not size:
+        return [], recovered
+    latest: Any = await r.xrevrange(key, count=size)
+    return wires(reversed(latest)), recovered
+
+
+async def newest_id(r: Redis, key: str) -> tuple[int, int]:
+    """The id of the newest message in the stream `key`, (0, 0) when there is none."""
+    newest: Any = await r.xrevrange(key, count=1)
+    return (parse_id(newest[0][0]) or (0, 0)) if newest else (0, 0)
