@@ -269,12 +269,12 @@ async def test_room_members_count_users_in_one_call_per_page(
         raise BrokerUnavailable("down")
 
     monkeypatch.setattr(broker, "member_counts", counting)
-    page = await console.rooms("", 0, 50)
+    page = await console.tables.rooms("", 0, 50)
     assert calls == [["lobby", "side"]]
     rows = {r["name"]: (r["members"], r["local"]) for r in page["items"]}
     assert rows == {"lobby": (2, 3), "side": (1, 1)}
     monkeypatch.setattr(broker, "member_counts", refusing)
-    page = await console.rooms("", 0, 50)
+    page = await console.tables.rooms("", 0, 50)
     assert [(r["name"], r["members"]) for r in page["items"]] == [("lobby", None), ("side", None)]
     for ws in (a1, a2, b):
         await ws.close()

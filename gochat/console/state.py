@@ -38,6 +38,7 @@ from ..config import Settings
 from ..events import Event, EventFilter, EventTap, Feed, loggable
 from ..protocol import CloseCode, ErrorCode, ProtocolError, check_room, has_bad_chars
 from .auth import ConsoleAuth
+from .tables import Tables
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Console:
         self._announced = 0.0
         self._sharing = False
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
+        self.tables = Tables(settings, hub, broker, self.room_rate, self.node_info)
         broker.attach_cluster(self)
 
     # --- cluster events channel ----------------------------------------------------------
@@ -301,78 +303,3 @@ class Console:
             "reason": self.broker.reason,
             "viewers": len(self.viewers),
         }
-
-    def connection_row(self, client: Client) -> dict[str, Any]:
-        limit = self.settings.send_buffer_bytes
-        buffered = client.buffered_bytes()
-        return {
-            "id": client.id,
-            "node": self.node_id,
-            "user": client.user_id,
-            "name": client.name,
-            "remote": client.remote,
-            "rooms": sorted(client.rooms),
-            "since": client.connected_at,
-            "in": client.msgs_in,
-            "out": client.msgs_out,
-            "buffered": buffered,
-            "fill": min(1.0, buffered / limit) if limit else 0.0,
-        }
-
-    def connections(self, q: str, page: int, limit: int) -> dict[str, Any]:
-        """One page of this node's connections, filtered server-side by a substring."""
-        clients: Any = self.hub.clients.values()
-        if q:
-            needle = q.lower()
-            clients = [
-                c
-                for c in clients
-                if needle in c.id.lower()
-                or needle in c.user_id.lower()
-                or needle in c.name.lower()
-                or needle in c.remote
-                or any(needle in r.lower() for r in c.rooms)
-            ]
-        else:
-            clients = list(clients)
-        start = page * limit
-        return {
-            "total": len(self.hub.clients),
-            "matched": len(clients),
-            "page": page,
-            "limit": limit,
-            "items": [self.connection_row(c) for c in clients[start : start + limit]],
-        }
-
-    async def rooms(self, q: str, page: int, limit: int) -> dict[str, Any]:
-        """One page of this node's rooms with their cluster-wide member counts."""
-        names = sorted(r for r in self.hub.rooms if q.lower() in r.lower())
-        start = page * limit
-        shown = names[start : start + limit]
-        try:  # one round trip for the page: the console asks every second
-            counts: dict[str, int] | None = await self.broker.member_counts(shown)
-        except BrokerUnavailable:
-            counts = None
-        items = []
-        for room in shown:
-            items.append(
-                {
-                    "name": room,
-                    "members": counts.get(room) if counts is not None else None,
-                    "local": len(self.hub.rooms.get(room, ())),
-                    "rate": round(self.room_rate(room), 2),
-                }
-            )
-        return {
-            "total": len(self.hub.rooms),
-            "matched": len(names),
-            "page": page,
-            "limit": limit,
-            "items": items,
-        }
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        try:
-            return await self.broker.nodes()
-        except BrokerUnavailable:
-            return [{"id": self.node_id, **self.node_info(), "ready": False}]

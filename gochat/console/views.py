@@ -65,9 +65,9 @@ async def snapshot_of(request: web.Request) -> dict[str, Any]:
     return {
         "node": console.node_id,
         "time": time.time(),
-        "nodes": await console.nodes(),
-        "connections": console.connections(*paging(request)),
-        "rooms": await console.rooms(*paging(request, "room_")),
+        "nodes": await console.tables.nodes(),
+        "connections": console.tables.connections(*paging(request)),
+        "rooms": await console.tables.rooms(*paging(request, "room_")),
     }
 
 
