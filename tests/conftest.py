@@ -83,18 +83,16 @@ def redis_server() -> Iterator[RedisServer]:
 
     Request it before `make_chat`, so the apps leave before their Redis goes away.
     """
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from _running(RedisServer())
 
 
 @pytest.fixture
 def debug_redis() -> Iterator[RedisServer]:
     """Like `redis_server`, but one that accepts DEBUG (Redis 7 refuses it by default)."""
-    server = RedisServer(extra=("--enable-debug-command", "yes"))
+    yield from _running(RedisServer(extra=("--enable-debug-command", "yes")))
+
+
+def _running(server: RedisServer) -> Iterator[RedisServer]:
     server.start()
     try:
         yield server

@@ -90,15 +90,7 @@ class Memberships:
             self._push(client, frame)
         self.rooms[room][client.id] = client
         client.rooms.add(room)
-        self.tap.emit(
-            "JOIN",
-            client.remote,
-            room,
-            client.user_id,
-            room=room,
-            user=client.user_id,
-            conn=client.id,
-        )
+        self._tap("JOIN", client, room)
 
     async def _send_joined(self, client: Client, room: str, since: str | None) -> set[bytes]:
         try:
@@ -133,8 +125,12 @@ class Memberships:
             members.pop(client.id, None)
         await self._presence_remove(client, room)
         await self._unsubscribe_if_empty(room)
+        self._tap("LEAVE", client, room)
+
+    def _tap(self, kind: str, client: Client, room: str) -> None:
+        """Show a JOIN or LEAVE on the event tap."""
         self.tap.emit(
-            "LEAVE",
+            kind,
             client.remote,
             room,
             client.user_id,
