@@ -413,7 +413,8 @@ def detect(enabled: bool = True) -> FastPaths:
 
 
 def log_fast_paths(fast: FastPaths) -> None:
-    """Say once, at start, which shortcuts are off and why (nothing when all are on)."""
+    """Say once, at start, which shortcuts are on, and which are off and why."""
+    log.info("fast paths on: %s", fast.describe())
     for name, why in fast.off.items():
         level = logging.INFO if why.startswith("turned off") else logging.WARNING
         log.log(level, "fast path %s off, served through aiohttp's public API: %s", name, why)
