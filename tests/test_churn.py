@@ -19,7 +19,7 @@ from gochat.aiohttp_internals import http_parser_released
 from gochat.chat.client import Client
 from gochat.keys import BROKER, HUB
 
-from .util import join, recv, until
+from .util import join, recv, until, vanish
 
 CYCLES = 10_000
 BATCH = 100  # connections open at once
@@ -58,7 +58,7 @@ async def _batch(
         if n % 2:
             await ws.close()
         else:  # abrupt: the TCP connection just goes away
-            ws._response.connection.transport.abort()  # type: ignore[union-attr]
+            vanish(ws)
             await ws.close()
     hub = chat.app[HUB]
     await until(lambda: not hub.clients, timeout=10, what="the batch to be forgotten")
@@ -149,7 +149,7 @@ async def test_closed_connections_are_freed_without_the_cycle_collector(
                 if i % 2:
                     await ws.close()
                 else:  # abrupt: the TCP connection just goes away
-                    ws._response.connection.transport.abort()  # type: ignore[union-attr]
+                    vanish(ws)
                     await ws.close()
             await until(lambda: not handlers_running(), what="every /ws handler to return")
             gc.collect()

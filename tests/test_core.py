@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from gochat.keys import HUB
 
-from .util import connect, join, nothing_more, recv, recv_type, until
+from .util import connect, join, nothing_more, recv, recv_type, until, vanish
 
 # the contract holds on the shortcuts through aiohttp and on its public API alike
 pytestmark = pytest.mark.both_fast_paths
@@ -97,7 +97,7 @@ async def test_no_state_left_after_disconnects(chat: TestClient[Any, Any]) -> No
         if i % 2:
             await ws.close()
         else:  # abrupt: drop the TCP connection without a close frame
-            ws._response.connection.transport.abort()  # type: ignore[union-attr]
+            vanish(ws)
     await until(lambda: len(hub.clients) == 1, what="every churned connection to be gone")
     assert [c.user_id for c in hub.clients.values()] == ["keeper"]
     assert set(hub.rooms) == {"stay"}

@@ -23,7 +23,7 @@ from gochat.keys import BROKER, TAP
 from .cluster import nodes, readyz, until_ready
 from .procs import Node
 from .redis_server import RedisServer
-from .util import connect, join, nothing_more, recv, recv_type, until
+from .util import connect, join, nothing_more, recv, recv_type, until, vanish
 
 pytestmark = pytest.mark.redis
 
@@ -414,7 +414,7 @@ async def test_join_storm_queues_for_redis_connections(
         watcher, _ = await connect(node, "watcher")
         await join(watcher, "storm")
         for ws in socks:  # and all leave at once: 300 presence removals in flight
-            ws._response.connection.transport.abort()  # type: ignore[union-attr]
+            vanish(ws)
         offline = {(await recv_type(watcher, "presence"))["userId"] for _ in range(300)}
         assert offline == {f"s{i}" for i in range(300)}
         assert (await readyz(node))[0] == 200

@@ -95,3 +95,12 @@ async def nothing_more(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.2) -
     except TimeoutError:
         return
     raise AssertionError(f"unexpected frame {msg.type} {msg.data!r}")
+
+
+def vanish(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """The peer just goes away: its TCP connection is aborted, with no close frame.
+
+    aiohttp's client has no public way to reach its transport, so this is the tests' one
+    use of a private name of aiohttp (the server's are in gochat/aiohttp_internals.py).
+    """
+    ws._response.connection.transport.abort()  # type: ignore[union-attr]
