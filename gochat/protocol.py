@@ -264,7 +264,11 @@ def _full(obj: dict[str, Any], ref: str | None) -> Join | Leave | Chat:
 
 
 def _cid_of(obj: dict[str, Any]) -> str | None:
-    cid = obj.get("cid")
+    return usable_cid(obj.get("cid"))
+
+
+def usable_cid(cid: object) -> str | None:
+    """`cid` when an `error` may carry it back as its `ref`, else None."""
     return cid if isinstance(cid, str) and len(cid) <= MAX_ID and not has_bad_chars(cid) else None
 
 

@@ -172,6 +172,21 @@ async def test_two_tabs_chat_as_text_members_and_presence(open_page: OpenPage) -
     await expect(alice.get_by_test_id("member-count")).to_have_text("1")
 
 
+async def test_a_reserved_name_is_not_taken_and_the_page_says_why(open_page: OpenPage) -> None:
+    """The server refuses `system` with 400, which a page cannot see: so the page itself
+    ignores the name, says why, and comes online as a guest instead of retrying for ever."""
+    page = await open_page("System")
+    await ready(page)
+    await expect(page.get_by_test_id("errors")).to_contain_text("not system")
+    await expect(page.get_by_test_id("name")).to_have_value(re.compile(r"^guest-"))
+    name = page.get_by_test_id("name")
+    await name.fill("admin")
+    await name.press("Enter")
+    await expect(page.get_by_test_id("errors")).to_contain_text("not system")
+    await expect(name).to_have_value(re.compile(r"^guest-"))
+    assert (await member_ids(page))[0].startswith("guest-")
+
+
 async def test_room_from_fragment(open_page: OpenPage) -> None:
     alice = await open_page("alice", "support")
     bob = await open_page("bob", "lobby")

@@ -96,9 +96,15 @@
 
   const params = new URLSearchParams(window.location.search);
 
+  // Names the server keeps for itself and operator notices (refused with 400, which a page
+  // cannot see: it would only reconnect, over and over).
+  const RESERVED_NAMES = new Set(['system', 'admin', 'operator', 'moderator', 'gochat']);
+  const NAME_RULE = `Names are 1-${NAME_MAX} characters, and not ${[...RESERVED_NAMES].join(', ')}.`;
+
   /** The trimmed name when it is acceptable, else null. */
   function cleanName(raw) {
     const name = String(raw ?? '').trim();
+    if (RESERVED_NAMES.has(name.toLowerCase())) return null;
     return name.length > 0 && charCount(name) <= NAME_MAX ? name : null;
   }
 
@@ -112,7 +118,7 @@
     if (params.has('name')) {
       const fromQuery = cleanName(params.get('name'));
       if (fromQuery) return fromQuery;
-      startupErrors.push(['bad_name', `Ignoring ?name=: names are 1-${NAME_MAX} characters.`]);
+      startupErrors.push(['bad_name', `Ignoring ?name=: ${NAME_RULE}`]);
     }
     const stored = cleanName(store.get(NAME_KEY));
     if (stored) return stored;
@@ -767,7 +773,7 @@
   function applyName() {
     const name = cleanName(ui.nameInput.value);
     if (!name) {
-      showError('bad_name', `Names are 1-${NAME_MAX} characters.`);
+      showError('bad_name', NAME_RULE);
       ui.nameInput.value = state.name ?? state.requestedName;
       return;
     }

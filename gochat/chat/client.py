@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 
 from aiohttp import web
 
 from ..protocol import CloseCode
+
+
+class RateVerdict(enum.Enum):
+    WITHIN = "within"
+    FIRST_OVER = "first over"
+    OVER = "over"
+    CUT = "cut"
 
 
 class Client:
@@ -104,6 +112,23 @@ class Client:
     @property
     def tokens(self) -> float:
         return self._tokens
+
+    def rate_verdict(self, rate: float, now: float, grace: float) -> RateVerdict:
+        """One more frame (text or control) against the token bucket: within the rate;
+        over it (FIRST_OVER the first time); or over it for `grace` seconds since the first
+        time, which ends the connection. Slowing down for a second's worth forgives."""
+        if not rate:
+            return RateVerdict.WITHIN
+        if self.take_token(rate, now):
+            if self.limited_since is not None and self._tokens >= rate:
+                self.limited_since = None
+            return RateVerdict.WITHIN
+        if self.limited_since is None:
+            self.limited_since = now
+            return RateVerdict.FIRST_OVER
+        if now - self.limited_since >= grace:
+            return RateVerdict.CUT
+        return RateVerdict.OVER
 
     def buffered_bytes(self) -> int:
         """Bytes written but not yet taken by the kernel (the slow-consumer measure)."""

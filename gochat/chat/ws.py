@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import re
 import secrets
 import time
 
@@ -22,13 +24,15 @@ from ..forwarded import client_address, own_origin
 from ..keys import FAST_PATHS, FIRST_FRAME, HUB, SETTINGS
 from ..protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
 from .auth import AuthError, verify
-from .client import Client
+from .client import Client, RateVerdict
 from .heartbeat import pong_frame
 from .hub import Hub
 from .publishing import MAX_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
+# Reserved for the server and operator notices: an anonymous user cannot take them.
+RESERVED_NAMES = frozenset({"system", "admin", "operator", "moderator", "gochat"})
 RATE_GRACE = 5.0  # seconds over the rate after the first rate_limited before close 1008
 
 
@@ -48,6 +52,8 @@ def display_name(raw: str | None) -> str:
     name = raw.strip()
     if len(name) > 32 or not name.isprintable() or protocol.has_bad_chars(name):
         raise web.HTTPBadRequest(text="name must be 1-32 printable characters")
+    if name.casefold() in RESERVED_NAMES:
+        raise web.HTTPBadRequest(text=f"the name {name!r} is reserved")
     return name
 
 
@@ -196,33 +202,56 @@ async def read_frames(
         if queue is not None:
             queue.inline = None
         client.heard = True  # anything from the peer shows it is alive (heartbeat.py)
-        if msg.type is WSMsgType.TEXT:
-            client.msgs_in += 1
-            if rate:
-                now = time.monotonic()
-                if not client.take_token(rate, now):
-                    if client.limited_since is None:
-                        client.limited_since = now
-                    elif now - client.limited_since >= RATE_GRACE:
-                        await close(hub, client, ws, CloseCode.POLICY, "rate limit exceeded")
-                        return
-                    hub.send_error(
-                        client,
-                        ProtocolError(ErrorCode.RATE_LIMITED, f"over {rate:g} messages/s"),
-                    )
-                    continue
-                if client.limited_since is not None and client.tokens >= rate:
-                    client.limited_since = None  # slowed down for a second's worth: forgiven
-            await handle_text(hub, client, msg.data)
-        elif msg.type is WSMsgType.PING:
-            hub.send_frame(client, pong_frame(msg.data[:125]))
-        elif msg.type is WSMsgType.PONG:
-            pass
-        elif msg.type is WSMsgType.BINARY:
+        kind = msg.type
+        if kind is WSMsgType.TEXT or kind is WSMsgType.PING or kind is WSMsgType.PONG:
+            # control frames count toward the rate too: a ping flood ends like any flood
+            verdict = client.rate_verdict(rate, time.monotonic(), RATE_GRACE)
+            if verdict is RateVerdict.CUT:
+                await close(hub, client, ws, CloseCode.POLICY, "rate limit exceeded")
+                return
+            if kind is WSMsgType.TEXT:
+                client.msgs_in += 1
+                if verdict is RateVerdict.WITHIN:
+                    await handle_text(hub, client, msg.data)
+                else:
+                    hub.send_error(client, rate_limited(rate, chat_ref(msg.data)))
+            elif verdict is RateVerdict.WITHIN:
+                if kind is WSMsgType.PING:
+                    hub.send_frame(client, pong_frame(msg.data[:125]))
+            elif verdict is RateVerdict.FIRST_OVER:  # unanswered pings from here: said once
+                hub.send_error(client, rate_limited(rate, kind.name.lower()))
+        elif kind is WSMsgType.BINARY:
             await close(hub, client, ws, CloseCode.UNSUPPORTED, "binary frames not supported")
             return
         else:  # closed, or ERROR (e.g. frame too big: aiohttp has closed it with 1009 already)
             return
+
+
+def rate_limited(rate: float, ref: str | None) -> ProtocolError:
+    return ProtocolError(ErrorCode.RATE_LIMITED, f"over {rate:g} messages/s", ref)
+
+
+# A chat frame's `cid`, found without decoding the frame: a refused frame costs a search,
+# not a parse. `"cid"` followed by a colon can only be a key (a string value is never
+# followed by one), and inside a string its quotes would be escaped.
+_CID = re.compile(r'"cid"\s*:\s*("(?:[^"\\]|\\.){0,256}")')
+_CHAT = re.compile(r'"type"\s*:\s*"chat"')
+
+
+def chat_ref(raw: str) -> str | None:
+    """What a refused frame's `error` refers to: a chat's `cid` when it has one, else the
+    frame's type when it is a chat, else nothing known."""
+    if _CHAT.search(raw) is None:
+        return None
+    found = _CID.search(raw)
+    if found is not None:
+        try:
+            cid = protocol.usable_cid(json.loads(found.group(1)))
+        except ValueError:
+            cid = None
+        if cid is not None:
+            return cid
+    return "chat"
 
 
 def take_inline(hub: Hub, client: Client, raw: str) -> bool:
