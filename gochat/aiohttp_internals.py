@@ -12,7 +12,9 @@ quietly.
 
 The shortcuts (`FastPaths`):
 - inline_reader: a chat frame is handled inside aiohttp's data callback instead of by
-  waking the connection's task (`_socket_classes`; ws.take_inline decides what it takes).
+  waking the connection's task (`_socket_classes`; ws.take_inline decides what it takes),
+  and the raw bytes are shown to a watch first (chat/fragments.py: a fragmented message
+  must end in time).
 - release_http_parser: an accepted upgrade drops aiohttp's HTTP parser and request queue,
   which it never uses again (memory per idle connection).
 - direct_write: the Outbox writes to a plain socket itself when its transport holds nothing
@@ -24,6 +26,7 @@ The shortcuts (`FastPaths`):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import io
@@ -106,8 +109,10 @@ class InlineHook(Protocol):
     inline: Callable[[str], bool] | None
 
 
-def _socket_classes() -> tuple[type[web.WebSocketResponse], Any]:
-    """The WebSocketResponse subclass with an inline queue, and that queue's class."""
+@functools.cache  # one set of classes per process
+def _socket_classes() -> tuple[type[web.WebSocketResponse], Any, Any]:
+    """The WebSocketResponse subclass with an inline queue and a watched reader, and the
+    classes of those two."""
     from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
     from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
@@ -127,10 +132,27 @@ def _socket_classes() -> tuple[type[web.WebSocketResponse], Any]:
                 return
             WebSocketDataQueue.feed_data(self, data, size)
 
+    class WatchedReader(WebSocketReader):
+        """aiohttp's reader, showing `watch` each chunk of raw bytes before parsing it."""
+
+        __slots__ = ("watch",)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.watch: Callable[[bytes], None] | None = None  # FastPaths.watch_chunks
+
+        def feed_data(self, data: Any) -> Any:
+            watch = self.watch
+            if watch is not None and data:
+                watch(data)
+            return WebSocketReader.feed_data(self, data)
+
     class ChatSocket(web.WebSocketResponse):
-        """A WebSocketResponse whose reader feeds an InlineQueue (`inline_queue`)."""
+        """A WebSocketResponse whose reader feeds an InlineQueue (`inline_queue`) and shows
+        its raw chunks to a watch (`chunk_reader.watch`)."""
 
         inline_queue: InlineQueue | None = None
+        chunk_reader: WatchedReader | None = None
 
         def _post_start(self, request: Any, protocol: Any, writer: Any) -> None:
             # aiohttp 3.14.5's own _post_start (see POST_START), with our queue in place of
@@ -140,7 +162,7 @@ def _socket_classes() -> tuple[type[web.WebSocketResponse], Any]:
             self._reset_heartbeat()
             queue = InlineQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
             self._reader = self.inline_queue = queue
-            self._parser = WebSocketReader(
+            self._parser = self.chunk_reader = WatchedReader(
                 queue,
                 self._max_msg_size,
                 compress=bool(self._compress),
@@ -150,7 +172,7 @@ def _socket_classes() -> tuple[type[web.WebSocketResponse], Any]:
             request.protocol.set_parser(self._parser, data_received_cb=cb)
             request.protocol.keep_alive(False)
 
-    return ChatSocket, InlineQueue
+    return ChatSocket, InlineQueue, WatchedReader
 
 
 class _Paused:
@@ -186,12 +208,13 @@ def post_start() -> None:
 
 def inline_queue() -> None:
     """The reader offers a text frame to our feed_data, which offers it to the hook first;
-    one the hook declines is queued in `_buffer` as aiohttp would queue it."""
-    from aiohttp._websocket.reader import WebSocketReader
-
-    _, queue_class = _socket_classes()
+    one the hook declines is queued in `_buffer` as aiohttp would queue it. Our subclass of
+    the reader shows its watch every chunk, and still parses it."""
+    _, queue_class, reader_class = _socket_classes()
     queue = queue_class(_Paused(), 1 << 16, loop=None)
-    reader = WebSocketReader(queue, 1024, compress=False, decode_text=True)
+    reader = reader_class(queue, 1024, compress=False, decode_text=True)
+    chunks: list[bytes] = []
+    reader.watch = chunks.append
     taken: list[str] = []
 
     def take(text: str) -> bool:
@@ -207,6 +230,7 @@ def inline_queue() -> None:
     buffer = queue._buffer
     _need(isinstance(buffer, deque) and len(buffer) == 1, "a declined frame was not queued")
     _need(buffer[0][0][:2] == (_TEXT, "queued"), f"queued message not (TEXT, text): {buffer}")
+    _need(chunks == [_masked_text(b"taken"), _masked_text(b"queued")], "the watch missed a chunk")
 
 
 # --------------------------------------------------------------------------- release_http_parser
@@ -368,6 +392,17 @@ class FastPaths:
         """The queue whose hook the read loop sets, when the inline reader is on."""
         queue: InlineHook | None = getattr(ws, "inline_queue", None)
         return queue
+
+    def watch_chunks(
+        self, ws: web.WebSocketResponse, watch: Callable[[bytes], None] | None
+    ) -> bool:
+        """Show `watch` every chunk of raw bytes the client sends (None: stop); False when
+        the inline reader is off and nothing can be shown."""
+        reader = getattr(ws, "chunk_reader", None)
+        if reader is None:
+            return False
+        reader.watch = watch
+        return True
 
     def after_upgrade(self, request: web.Request) -> None:
         if self.release_parser:

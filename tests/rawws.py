@@ -42,23 +42,25 @@ class RawWS:
         self.status = int(head.split(b" ", 2)[1])
         self.head = head.decode("latin-1")  # status line and response headers
 
-    def send_frame(self, payload: bytes, opcode: int = 0x1) -> None:
-        self.sock.sendall(self.frame(payload, opcode))
+    def send_frame(self, payload: bytes, opcode: int = 0x1, fin: bool = True) -> None:
+        self.sock.sendall(self.frame(payload, opcode, fin))
 
     def send_frames(self, *payloads: bytes) -> None:
         """Several text frames in one write: the server reads them in one chunk."""
         self.sock.sendall(b"".join(self.frame(p) for p in payloads))
 
     @staticmethod
-    def frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+        """One masked client frame; `fin=False` for a fragment that more will follow."""
         mask = os.urandom(4)
         n = len(payload)
+        first = (0x80 if fin else 0) | opcode
         if n < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+            header = struct.pack("!BB", first, 0x80 | n)
         elif n < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+            header = struct.pack("!BBH", first, 0x80 | 126, n)
         else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+            header = struct.pack("!BBQ", first, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         return header + mask + masked
 

@@ -25,6 +25,7 @@ from ..keys import FAST_PATHS, FIRST_FRAME, HUB, SETTINGS
 from ..protocol import Chat, CloseCode, ErrorCode, Join, ProtocolError
 from .auth import AuthError, verify
 from .client import Client, RateVerdict
+from .fragments import FragmentWatch
 from .heartbeat import pong_frame
 from .hub import Hub
 from .publishing import MAX_IN_FLIGHT
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # Reserved for the server and operator notices: an anonymous user cannot take them.
 RESERVED_NAMES = frozenset({"system", "admin", "operator", "moderator", "gochat"})
 RATE_GRACE = 5.0  # seconds over the rate after the first rate_limited before close 1008
+FRAGMENT_TIMEOUT = 10.0  # seconds a fragmented message may take from its first fragment
 
 
 def origin_allowed(request: web.Request, settings: Settings) -> bool:
@@ -175,11 +177,20 @@ async def read_loop(
     hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings, fast: FastPaths
 ) -> None:
     queue = fast.inline_queue(ws)
+    fragments = FragmentWatch(FRAGMENT_TIMEOUT, functools.partial(fragment_overdue, hub, client))
+    fast.watch_chunks(ws, fragments.feed)
     try:
         await read_frames(hub, client, ws, settings, queue)
     finally:
+        fragments.stop()
+        fast.watch_chunks(ws, None)
         if queue is not None:
             queue.inline = None  # it refers to the client, which refers to the socket
+
+
+def fragment_overdue(hub: Hub, client: Client) -> None:
+    """A fragmented message did not end in time (fragments.py): close 1008."""
+    hub.drop(client, CloseCode.POLICY, f"message not completed within {FRAGMENT_TIMEOUT:g}s")
 
 
 async def read_frames(
