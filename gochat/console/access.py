@@ -5,7 +5,10 @@ session cookie (from the login form) or `Authorization: Bearer <token>`. Without
 page redirects to the login page and everything else answers 401 with nothing in it.
 State-changing requests also need a same-origin `Origin` (when the browser sends one) and,
 for cookie sessions, the session's CSRF token (`X-CSRF-Token` or a `csrf` form field).
-Failed token attempts are throttled per client address (429 with Retry-After).
+Failed token attempts are throttled per client address (429 with Retry-After): each attempt
+is counted before anything is awaited and given back when it was right, so a parallel burst
+gets no more evaluations than the limit. Credentials with bytes that cannot be decoded count
+as failures and get 401 (a login form that cannot be decoded: 400), with one WARNING line.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from ..events import loggable
 from ..forwarded import client_address, own_origin
@@ -81,27 +85,51 @@ def unauthorized() -> web.HTTPUnauthorized:
     )
 
 
+def undecodable(value: str) -> bool:
+    """Bytes that were not UTF-8 (aiohttp keeps them as lone surrogates)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def authenticate(request: web.Request) -> Operator | None:
     """The caller's identity from a bearer token or a session cookie; None when neither.
 
-    A wrong bearer token counts as a failed login; a throttled address gets 429.
+    A wrong or undecodable bearer token counts as a failed login, and so does a cookie that
+    is not ASCII (no cookie we issue is; it is also cleared, with a 401); a throttled address
+    gets 429.
     """
     console = request.config_dict[CONSOLE]
+    throttle = console.auth.throttle
     addr = client_address(request, request.config_dict[SETTINGS])
     ip = addr.rsplit(":", 1)[0]
     now = time.time()
     header = request.headers.get("Authorization")
     if header is not None:
-        wait = console.auth.throttle.retry_after(ip, now)
+        wait = throttle.reserve(ip, now)
         if wait:
             raise too_many(wait)
+        if undecodable(header):
+            log.warning("console: undecodable bearer token from %s", loggable(ip))
+            return None
         scheme, _, credential = header.partition(" ")
         if scheme.lower() == "bearer" and console.auth.check_token(credential.strip()):
+            throttle.release(ip, now)
             return Operator(addr, None)
-        console.auth.throttle.fail(ip, now)
         log.warning("console: wrong bearer token from %s", loggable(ip))
         return None
-    session = console.auth.verify(request.cookies.get(COOKIE_NAME), now)
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie is not None and not cookie.isascii():
+        wait = throttle.reserve(ip, now)
+        if wait:
+            raise too_many(wait)
+        log.warning("console: undecodable session cookie from %s", loggable(ip))
+        refused = unauthorized()
+        refused.del_cookie(COOKIE_NAME, path="/admin")  # a browser stuck with it recovers
+        raise refused
+    session = console.auth.verify(cookie, now)
     return Operator(addr, session) if session is not None else None
 
 
@@ -124,12 +152,24 @@ async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
         if operator.session is not None:
             candidate = request.headers.get("X-CSRF-Token")
             if candidate is None and request.content_type in FORM_TYPES:
-                field = (await request.post()).get("csrf")
+                field = (await read_form(request)).get("csrf")
                 candidate = field if isinstance(field, str) else None
             if not request.config_dict[CONSOLE].auth.check_csrf(operator.session, candidate):
                 raise web.HTTPForbidden(text="CSRF token missing or wrong")
     response = await handler(request)
     return response
+
+
+async def read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The request's form; 400 (and one WARNING line) when its bytes cannot be decoded."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError):  # not in its charset, or an unknown charset
+        ip = client_address(request, request.config_dict[SETTINGS]).rsplit(":", 1)[0]
+        log.warning("console: undecodable form from %s", loggable(ip))
+        raise web.HTTPBadRequest(text="the form could not be decoded") from None
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
@@ -151,19 +191,21 @@ async def login(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text="cross-origin request refused")
     ip = client_address(request, request.config_dict[SETTINGS]).rsplit(":", 1)[0]
     now = time.time()
-    wait = console.auth.throttle.retry_after(ip, now)
+    throttle = console.auth.throttle
+    # counted as a failure now, before the body is awaited, and given back if it is right:
+    # parallel attempts each find the ones before them counted
+    wait = throttle.reserve(ip, now)
     if wait:
         response = render_login(
             request, "", f"Too many failed attempts. Try again in {max(1, round(wait))} s.", 429
         )
         response.headers["Retry-After"] = str(max(1, round(wait)))
         return response
-    token = (await request.post()).get("token")
+    token = (await read_form(request)).get("token")  # an undecodable form stays counted
     if not isinstance(token, str) or not console.auth.check_token(token.strip()):
-        console.auth.throttle.fail(ip, now)
         log.warning("console: failed login from %s", loggable(ip))
         return render_login(request, "", "That token is not right.", 401)
-    console.auth.throttle.succeed(ip)
+    throttle.release(ip, now)
     cookie, session = console.auth.issue(now)
     log.info("console: login from %s", loggable(ip))
     response = web.HTTPSeeOther("/admin/")

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 
 SESSION_TTL = 12 * 3600.0  # seconds a console login lasts
@@ -33,7 +34,15 @@ class Session:
 
 
 class LoginThrottle:
-    """Failed credential attempts per client address; over the limit, refuse for a while."""
+    """Credential attempts per client address that failed (or are still being checked); over
+    the limit, refuse for a while.
+
+    An attempt is counted before it is evaluated (`reserve`, synchronous, before the caller
+    awaits anything such as a form body), so a burst of parallel attempts gets at most
+    `limit` evaluations; one that turns out right gives its place back (`release`). A success
+    forgives nothing else: it proves the caller holds the token, not that the address's other
+    attempts were its own.
+    """
 
     def __init__(self, limit: int = MAX_FAILURES, window: float = FAILURE_WINDOW) -> None:
         self.limit = limit
@@ -62,8 +71,23 @@ class LoginThrottle:
             failures = self._failures[ip] = deque(maxlen=self.limit)
         failures.append(now)
 
-    def succeed(self, ip: str) -> None:
-        self._failures.pop(ip, None)
+    def reserve(self, ip: str, now: float) -> float:
+        """Count an attempt as failed before checking it: 0 when counted, else the seconds
+        this address must wait (nothing counted)."""
+        wait = self.retry_after(ip, now)
+        if not wait:
+            self.fail(ip, now)
+        return wait
+
+    def release(self, ip: str, now: float) -> None:
+        """The attempt reserved at `now` was right: it is not a failure."""
+        failures = self._failures.get(ip)
+        if failures is None:
+            return
+        with suppress(ValueError):
+            failures.remove(now)
+        if not failures:
+            del self._failures[ip]
 
 
 class ConsoleAuth:
@@ -83,8 +107,13 @@ class ConsoleAuth:
         return self._token.decode()
 
     def check_token(self, candidate: str) -> bool:
-        """Constant-time comparison with the admin token."""
-        return hmac.compare_digest(candidate.encode(), self._token)
+        """Constant-time comparison with the admin token (False for undecodable bytes, which
+        aiohttp keeps as lone surrogates)."""
+        try:
+            raw = candidate.encode()
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(raw, self._token)
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
@@ -97,7 +126,7 @@ class ConsoleAuth:
 
     def verify(self, value: str | None, now: float) -> Session | None:
         """The session a cookie value carries, or None if forged, expired or revoked."""
-        if not value or len(value) > 256:
+        if not value or len(value) > 256 or not value.isascii():
             return None
         parts = value.split(".")
         if len(parts) != 4 or parts[0] != "v1":
@@ -125,6 +154,6 @@ class ConsoleAuth:
         return self._sign("csrf." + session.sid)
 
     def check_csrf(self, session: Session, candidate: str | None) -> bool:
-        if not candidate:
+        if not candidate or not candidate.isascii():
             return False
         return hmac.compare_digest(self.csrf_token(session).encode(), candidate.encode())

@@ -70,11 +70,22 @@ def clip_reason(reason: str) -> str:
 
 @dataclass(eq=False)
 class Viewer:
-    """One console watching the event stream."""
+    """One console watching the event stream, over a WebSocket or (`ws` None) Server-Sent
+    Events, whose handler ends the stream when `closing` is set and sets `ended` when done."""
 
-    ws: web.WebSocketResponse
+    ws: web.WebSocketResponse | None
     feed: Feed = field(default_factory=lambda: Feed(FEED_SIZE))
     filter: EventFilter = field(default_factory=EventFilter)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def close(self) -> None:
+        """On shutdown: close 1001 (WebSocket) or a last `close` event (SSE, its handler's)."""
+        if self.ws is not None:
+            await self.ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+        else:
+            self.closing.set()
+            await self.ended.wait()
 
 
 class Console:
@@ -201,13 +212,9 @@ class Console:
             await task
 
     async def close_viewers(self) -> None:
-        """on_shutdown: every console stream gets 1001, together, within the grace period."""
-        closes = [
-            asyncio.ensure_future(
-                v.ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
-            )
-            for v in self.viewers
-        ]
+        """on_shutdown: every console stream gets 1001 (SSE: a `close` event), together,
+        within the grace period."""
+        closes = [asyncio.ensure_future(v.close()) for v in self.viewers]
         if closes:
             _, pending = await asyncio.wait(closes, timeout=max(self.settings.shutdown_grace, 0.5))
             for task in pending:

@@ -101,7 +101,10 @@ async def static_file(request: web.Request) -> web.FileResponse:
 async def action_body(request: web.Request) -> tuple[dict[str, str], bool]:
     """The request's fields (JSON object or form) and whether it came from a plain form."""
     if request.content_type in FORM_TYPES:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError):  # bytes not in its charset, or an unknown charset
+            raise web.HTTPBadRequest(text="the form is not in its charset") from None
         return {k: v for k, v in form.items() if isinstance(v, str)}, True
     try:
         data = await request.json()
@@ -149,14 +152,40 @@ async def notice(request: web.Request) -> web.Response:
 # --- event stream -------------------------------------------------------------------------
 
 
-async def pump(viewer: Viewer) -> None:
+def query_filter(request: web.Request) -> EventFilter:
+    """The stream's filter from the query string: `room`, `user`, `node`, `text`, and `kinds`
+    (comma-separated); the WebSocket's `filter` messages replace it."""
+    query = request.query
+    data: dict[str, Any] = {
+        name: query[name] for name in ("room", "user", "node", "text") if name in query
+    }
+    kinds = [k.strip() for k in query.get("kinds", "").split(",") if k.strip()]
+    if kinds:
+        data["kinds"] = kinds
+    return EventFilter.from_json(data)
+
+
+def hello(console: Console) -> dict[str, Any]:
+    return {"type": "hello", "node": console.node_id, "kinds": KINDS}
+
+
+async def pump(ws: web.WebSocketResponse, viewer: Viewer) -> None:
     """Send a viewer its feed, batched; a slow browser only loses its own oldest lines."""
-    ws = viewer.ws
     with suppress(ConnectionError, RuntimeError):
         while not ws.closed:
             events, dropped = await viewer.feed.take()
             await ws.send_str(json.dumps({"type": "events", "events": events, "dropped": dropped}))
             await asyncio.sleep(SEND_INTERVAL)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """`/admin/events`: Server-Sent Events when asked for `text/event-stream` (and not an
+    upgrade), else the WebSocket stream."""
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    accept = request.headers.get("Accept", "").lower()
+    if request.method == "GET" and not upgrade and "text/event-stream" in accept:
+        return await events_sse(request)
+    return await events_ws(request)
 
 
 async def events_ws(request: web.Request) -> web.StreamResponse:
@@ -167,10 +196,10 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     console = request.config_dict[CONSOLE]
     ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=8192)
     await ws.prepare(request)
-    viewer = Viewer(ws)
-    await ws.send_str(json.dumps({"type": "hello", "node": console.node_id, "kinds": KINDS}))
+    viewer = Viewer(ws, filter=query_filter(request))
+    await ws.send_str(json.dumps(hello(console)))
     console.add_viewer(viewer)
-    task = asyncio.get_running_loop().create_task(pump(viewer))
+    task = asyncio.get_running_loop().create_task(pump(ws, viewer))
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
@@ -187,6 +216,62 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
         with suppress(asyncio.CancelledError):
             await task
     return ws
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One Server-Sent Event: one `data:` line of JSON (which never holds a raw newline)."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n".encode()
+
+
+SSE_KEEPALIVE = b": keep-alive\n\n"
+SSE_BYE = sse({"code": 1001, "reason": "server shutting down"}, "close")
+
+
+async def events_sse(request: web.Request) -> web.StreamResponse:
+    """The live event stream as Server-Sent Events: a `hello` event, then one unnamed event
+    per line (a `dropped` event first when the viewer's feed lost lines), a comment every
+    GOCHAT_HEARTBEAT seconds, and a `close` event (1001) on shutdown. Filters: the query."""
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="origin not allowed")
+    settings = request.config_dict[SETTINGS]
+    console = request.config_dict[CONSOLE]
+    response = web.StreamResponse(headers={"X-Accel-Buffering": "no"})
+    response.content_type = "text/event-stream"
+    viewer = Viewer(None, filter=query_filter(request))
+    await response.prepare(request)
+    console.add_viewer(viewer)
+    closing = asyncio.ensure_future(viewer.closing.wait())
+    try:
+        await response.write(sse(hello(console), "hello"))
+        while True:
+            take = asyncio.ensure_future(viewer.feed.take())
+            await asyncio.wait(
+                (take, closing), timeout=settings.heartbeat, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not take.done():
+                take.cancel()
+                with suppress(asyncio.CancelledError):
+                    await take
+                if closing.done():
+                    break
+                await response.write(SSE_KEEPALIVE)
+                continue
+            lines, dropped = take.result()
+            chunk = sse({"dropped": dropped}, "dropped") if dropped else b""
+            await response.write(chunk + b"".join(sse(line) for line in lines))
+            if closing.done():
+                break
+            await asyncio.sleep(SEND_INTERVAL)  # at most 20 writes a second, as the WebSocket
+        await response.write(SSE_BYE)
+        await response.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass  # the viewer went away (noticed at the next write: a keep-alive at the latest)
+    finally:
+        console.remove_viewer(viewer)
+        closing.cancel()
+        viewer.ended.set()
+    return response
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -253,7 +338,7 @@ def create_admin_app() -> web.Application:
     admin.router.add_get("/api/snapshot", snapshot)
     admin.router.add_post("/api/kick", kick)
     admin.router.add_post("/api/notice", notice)
-    admin.router.add_get("/events", events_ws)
+    admin.router.add_get("/events", events)
     admin.on_response_prepare.append(_cache_headers)
     return admin
 
