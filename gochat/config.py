@@ -49,6 +49,19 @@ OPTIONS: tuple[Option, ...] = (
         "--allowed-origins",
     ),
     Option("history", "GOCHAT_HISTORY", "chat messages kept per room", "--history"),
+    Option(
+        "history_budget",
+        "GOCHAT_HISTORY_BUDGET",
+        "MiB of chat history kept in memory across all rooms (in memory, not Redis): over "
+        "it the least recently active rooms' history is dropped first; 0 = no limit",
+        "--history-budget",
+    ),
+    Option(
+        "history_ttl",
+        "GOCHAT_HISTORY_TTL",
+        "seconds a room's history stream lives in Redis after its last message; 0 = forever",
+        "--history-ttl",
+    ),
     Option("node_id", "GOCHAT_NODE_ID", "this node's name (default: host name + pid)", "--node-id"),
     Option("max_text", "GOCHAT_MAX_TEXT", "longest chat text in characters", "--max-text"),
     Option("max_frame", "GOCHAT_MAX_FRAME", "largest client frame in bytes", "--max-frame"),
@@ -151,6 +164,8 @@ class Settings(BaseModel):
     admin_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     history: int = Field(100, ge=0, le=100_000)
+    history_budget: int = Field(64, ge=0, le=1_048_576)
+    history_ttl: int = Field(604_800, ge=0)
     node_id: str = Field(default_factory=default_node_id, min_length=1, max_length=64)
     max_text: int = Field(4096, ge=1)
     max_frame: int = Field(65536, ge=256)

@@ -15,4 +15,9 @@ def create_broker(settings: Settings) -> Broker:
         from .redis import RedisBroker
 
         return RedisBroker(settings)
-    return MemoryBroker(settings.node_id, settings.history, settings.key_prefix)
+    return MemoryBroker(
+        settings.node_id,
+        settings.history,
+        settings.key_prefix,
+        history_budget=settings.history_budget * 1024 * 1024,
+    )

@@ -124,6 +124,9 @@ class Broker(ABC):
     """Fan-out, history and presence for one node; one implementation per backend."""
 
     kind: str = "abstract"
+    # stop() takes this node's whole presence out of the cluster at once (or leaves it to
+    # the other nodes' reaper): a node that is shutting down need not remove it room by room
+    leaves_with_node: bool = False
 
     def __init__(self, node_id: str, history: int, key_prefix: str = "gochat:") -> None:
         self.node_id = node_id
@@ -157,8 +160,10 @@ class Broker(ABC):
         """Begin listening; return without waiting for a backend that is down."""
 
     @abstractmethod
-    async def stop(self) -> None:
-        """Leave cleanly (this node's presence removed) and stop every task."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Leave cleanly (this node's presence removed) and stop every task; within `timeout`
+        seconds when given (what is left of the shutdown grace): what the backend has not
+        answered by then is given up."""
 
     @abstractmethod
     async def subscribe(self, room: str) -> None:
@@ -213,6 +218,10 @@ class Broker(ABC):
     def publish_event(self, data: bytes) -> None:
         """Share one console event with every node; in one process it comes straight back."""
         self.cluster.cluster_event(data)
+
+    def counters(self) -> dict[str, tuple[int, str]]:
+        """The broker's own counters for /metrics: name -> (value, what it counts)."""
+        return {}
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every live node's `node_info` (just this one in a single process)."""

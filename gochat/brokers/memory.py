@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from ..protocol import Member, presence
 from .base import (
@@ -15,14 +17,25 @@ from .base import (
     presence_envelope,
 )
 
+log = logging.getLogger("gochat.brokers.memory")
+
+# What the history budget counts besides the wire bytes of each kept message, measured with
+# tracemalloc on CPython 3.11 (64-bit): per message its (id, wire) tuple, the id's bytes
+# object, the wire's bytes header and its deque slot, 137 bytes; per room holding history
+# its record, the deque's first block (64 slots), its users dict, its entries in two dicts
+# and its name, about 1,000 bytes (20,000 rooms of 3 short messages: 1,650 bytes traced per
+# room, 1,735 counted). Without them a flood of tiny messages to fresh rooms would hold
+# several times the budget.
+ENTRY_OVERHEAD = 144
+ROOM_OVERHEAD = 1024
+EVICTION_LOG_EVERY = 1000
+
 
 class _Room:
-    __slots__ = ("history", "last_ms", "seq", "users")
+    __slots__ = ("history", "users")
 
-    def __init__(self, size: int) -> None:
-        self.history: deque[tuple[bytes, bytes]] = deque(maxlen=size)
-        self.last_ms = 0
-        self.seq = 0
+    def __init__(self) -> None:
+        self.history: deque[tuple[bytes, bytes]] = deque()
         # userId -> (name, connection ids): a user is online while the set is non-empty
         self.users: dict[str, tuple[str, set[str]]] = {}
 
@@ -32,25 +45,55 @@ class MemoryBroker(Broker):
 
     Delivery calls the handler synchronously from `publish`, which keeps one order per room
     (the event loop is single-threaded) and runs the same Hub path as the Redis listener.
+
+    The history of every room together is held within `history_budget` bytes (0: no limit),
+    counted as the kept messages' wire bytes plus ENTRY_OVERHEAD each, plus ROOM_OVERHEAD
+    per room holding history. Rooms holding history are kept in order of their last publish;
+    a publish that goes over the budget evicts the least recently active rooms' whole history
+    first, and only when the room published to alone is over it, that room's oldest
+    messages. A room with no history and no users is forgotten. A `since` that fell out of
+    an evicted history is answered `recovered: false`, as one that fell out of the ring.
     """
 
     kind = "memory"
 
-    def __init__(self, node_id: str, history: int, key_prefix: str = "gochat:") -> None:
+    def __init__(
+        self,
+        node_id: str,
+        history: int,
+        key_prefix: str = "gochat:",
+        history_budget: int = 0,
+    ) -> None:
         super().__init__(node_id, history, key_prefix)
         self._rooms: dict[str, _Room] = {}
         self._subscribed: set[str] = set()
+        self.history_budget = history_budget
+        self._budget = history_budget or sys.maxsize
+        # rooms holding history, least recently published to first; _newest is the last
+        self._kept: OrderedDict[str, _Room] = OrderedDict()
+        self._newest: str | None = None
+        self.held_bytes = 0  # counted against the budget, every room together
+        self.evicted_rooms = 0  # rooms whose whole history was evicted for the budget
+        # one id sequence for the process, so a room forgotten and made again never
+        # repeats an id it gave before
+        self._last_ms = 0
+        self._seq = 0
+
+    @property
+    def known_rooms(self) -> int:
+        """Rooms this broker holds state for (users or history)."""
+        return len(self._rooms)
 
     async def start(self) -> None:
         self._set_state(True, "in memory")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
         self._set_state(False, "stopped")
 
     def _room(self, room: str) -> _Room:
         r = self._rooms.get(room)
         if r is None:
-            r = self._rooms[room] = _Room(self.history_size)
+            r = self._rooms[room] = _Room()
         return r
 
     def _forget_if_empty(self, room: str) -> None:
@@ -69,15 +112,16 @@ class MemoryBroker(Broker):
         if room in self._subscribed:
             self.listener.deliver(room, envelope)
 
-    def _next_id(self, r: _Room) -> str:
-        # Stream-like ids (ms-seq), increasing within a room and unlikely to repeat across
-        # restarts, so a stale `since` from before a restart is reported as not recovered.
+    def _next_id(self) -> bytes:
+        # Stream-like ids (ms-seq), increasing within the process (so within a room) and
+        # unlikely to repeat across restarts, so a stale `since` from before a restart is
+        # reported as not recovered.
         ms = time.time_ns() // 1_000_000
-        if ms > r.last_ms:
-            r.last_ms, r.seq = ms, 0
+        if ms > self._last_ms:
+            self._last_ms, self._seq = ms, 0
         else:
-            r.seq += 1
-        return f"{r.last_ms}-{r.seq}"
+            self._seq += 1
+        return f"{self._last_ms}-{self._seq}".encode()
 
     def _check(self) -> None:
         if not self.ready:
@@ -86,14 +130,50 @@ class MemoryBroker(Broker):
     def submit(self, room: str, suffix: bytes) -> bytes:
         # published before it returns (delivered synchronously, in submission order): the id
         self._check()
-        r = self._room(room)
-        bid = self._next_id(r).encode()
+        bid = self._next_id()
         wire = CHAT_PREFIX + bid + suffix
         if self.history_size:
-            r.history.append((bid, wire))
+            r = self._rooms.get(room) or self._room(room)
+            h = r.history
+            if len(h) >= self.history_size:  # a full ring: its oldest message makes way
+                cost = len(wire) - len(h.popleft()[1])
+            else:
+                cost = len(wire) + (ENTRY_OVERHEAD if h else ENTRY_OVERHEAD + ROOM_OVERHEAD)
+            h.append((bid, wire))
+            if room != self._newest:  # a dict move per change of room, no scan
+                self._kept[room] = r
+                self._kept.move_to_end(room)
+                self._newest = room
+            self.held_bytes += cost
+            if self.held_bytes > self._budget:
+                self._evict(room)
         if room in self._subscribed:  # its parts: there is nothing to build or check
             self.listener.fan_out(room, CHAT, bid, wire)
         return bid
+
+    def _evict(self, room: str) -> None:
+        """Back within the budget after a publish to `room` (the newest in `_kept`): the
+        least recently active rooms' whole history first; `room`'s oldest messages only
+        when it is alone over the budget (never its newest)."""
+        kept = self._kept
+        while self.held_bytes > self._budget and len(kept) > 1:
+            name, r = kept.popitem(last=False)
+            h = r.history
+            self.held_bytes -= ROOM_OVERHEAD + ENTRY_OVERHEAD * len(h) + sum(len(w) for _, w in h)
+            h.clear()
+            self._forget_if_empty(name)
+            self.evicted_rooms += 1
+            if self.evicted_rooms % EVICTION_LOG_EVERY == 1:
+                log.warning(
+                    "history budget of %d bytes reached: %d rooms' history evicted so far "
+                    "(least recently active first)",
+                    self.history_budget,
+                    self.evicted_rooms,
+                )
+        r = kept[room]
+        h = r.history
+        while self.held_bytes > self._budget and len(h) > 1:
+            self.held_bytes -= len(h.popleft()[1]) + ENTRY_OVERHEAD
 
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
         r = self._rooms.get(room)
@@ -129,6 +209,7 @@ class MemoryBroker(Broker):
             envelope = presence_envelope(user_id, presence(user_id, entry[0], room, "offline"))
             self._deliver(room, envelope)
             self.listener.presence_transition(room, envelope)
+            self._forget_if_empty(room)
 
     async def members(self, room: str) -> list[Member]:
         r = self._rooms.get(room)

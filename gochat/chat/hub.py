@@ -94,7 +94,7 @@ class Hub:
             del self.per_ip[ip]
         self.stats.messages_in_closed += client.msgs_in
         for room in list(client.rooms):
-            await self.memberships.remove(client, room)
+            await self.memberships.remove(client, room, node_leaving=self.closing)
         self.tap.emit(
             "DISCONNECT",
             client.remote,

@@ -118,12 +118,16 @@ class Memberships:
         await self.remove(client, room)
         self._send(client, protocol.left(room))
 
-    async def remove(self, client: Client, room: str) -> None:
+    async def remove(self, client: Client, room: str, node_leaving: bool = False) -> None:
+        """Take `client` out of `room`. While the node is leaving the cluster, a broker that
+        removes a node's presence as a whole is not asked room by room: on a Redis that
+        hangs, each ask would wait its timeout, and the shutdown must end within its grace."""
         client.rooms.discard(room)
         members = self.rooms.get(room)
         if members is not None:
             members.pop(client.id, None)
-        await self._presence_remove(client, room)
+        if not (node_leaving and self.broker.leaves_with_node):
+            await self._presence_remove(client, room)
         await self._unsubscribe_if_empty(room)
         self._tap("LEAVE", client, room)
 

@@ -160,6 +160,8 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "gochat_broker_up", "1 while the broker is usable", value=int(self.broker.ready)
         )
+        for name, (value, meaning) in self.broker.counters().items():
+            yield CounterMetricFamily(f"gochat_broker_{name}", meaning, value=value)
 
 
 class Metrics:

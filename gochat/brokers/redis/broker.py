@@ -23,7 +23,7 @@ from ...config import Settings
 from ...protocol import Member
 from ..base import Broker, History
 from . import history
-from .connection import COMMAND_TIMEOUT, Commands, cancel_all, unavailable_on_error
+from .connection import COMMAND_TIMEOUT, FAILURES, Commands, cancel_all, log, unavailable_on_error
 from .events import EventPump
 from .presence import Presence
 from .publisher import Publisher
@@ -34,6 +34,7 @@ class RedisBroker(Broker):
     """Fan-out, history and presence through one Redis shared by every node."""
 
     kind = "redis"
+    leaves_with_node = True  # the leave script, or the reaper once the heartbeat expires
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.node_id, settings.history, settings.key_prefix)
@@ -43,7 +44,7 @@ class RedisBroker(Broker):
         self.prefix = settings.key_prefix
         self.ttl = settings.presence_ttl
         self.commands = Commands(self, self.url)
-        self.publisher = Publisher(self.commands, self.history_size)
+        self.publisher = Publisher(self.commands, self.history_size, settings.history_ttl)
         self.presence = Presence(self, self.commands, self.ttl, lambda: self.subscriber.connected)
         self.events = EventPump(self, self.commands, lambda: self.subscriber.connected)
         self.subscriber = Subscriber(
@@ -82,8 +83,26 @@ class RedisBroker(Broker):
         return self.subscriber.gaps
 
     @property
+    def future_ids(self) -> int:
+        """Chat ids received too far ahead of Redis's clock to be real (forged): delivered,
+        but never allowed to move the replay mark."""
+        return self.subscriber.future_ids
+
+    @property
     def publish_round_trips(self) -> int:
         return self.publisher.round_trips
+
+    def counters(self) -> dict[str, tuple[int, str]]:
+        return {
+            "replayed": (
+                self.replayed,
+                "Chat messages recovered from streams after a resubscription",
+            ),
+            "duplicates": (self.duplicates, "Chat messages dropped because their id was not newer"),
+            "gaps": (self.gaps, "Resubscriptions that found messages trimmed before replay (1013)"),
+            "future_ids": (self.future_ids, "Chat ids too far ahead of Redis's clock (forged)"),
+            "publish_round_trips": (self.publish_round_trips, "Publish pipelines sent to Redis"),
+        }
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -101,13 +120,27 @@ class RedisBroker(Broker):
         # hold up the start (the listener keeps trying in the background).
         await self.subscriber.first_attempt(COMMAND_TIMEOUT + 1)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """Leave the cluster and close every connection. What Redis has not answered within
+        `timeout` (a hung Redis) is given up: this node's presence is then left to the other
+        nodes' reaper (its heartbeat expires within GOCHAT_PRESENCE_TTL)."""
         self.commands.refuse()
         await cancel_all(self._tasks)
         self._tasks = []
-        await self.publisher.drain()
-        await self.subscriber.drop()
-        await self.presence.leave()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.publisher.drain()
+                await self.subscriber.drop()
+                await self.presence.leave()
+        except FAILURES as exc:  # TimeoutError too: the deadline passed
+            log.warning(
+                "stopped without leaving the cluster (redis: %s): this node's presence is "
+                "left to the other nodes' reaper",
+                str(exc) or "no answer within the shutdown grace",
+            )
+            # publishes still waiting for Redis: their senders are gone (Publisher.drain's
+            # own cancel was cut short by the deadline)
+            await self.publisher.abort()
         await self.commands.close()
         await self.subscriber.close()
         self.presence.forget()

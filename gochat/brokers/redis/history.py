@@ -10,16 +10,19 @@ from redis.asyncio import Redis
 
 from ..base import CHAT_PREFIX, History
 
-STREAM_ID = re.compile(rb"\d{1,20}-\d{1,20}")
+STREAM_ID = re.compile(rb"(\d{1,20})-(\d{1,20})")
+MAX_PART = 2**64 - 1  # a stream id is two unsigned 64-bit numbers: Redis refuses more
 
 
 def parse_id(raw: bytes) -> tuple[int, int] | None:
-    """A stream id (b"1732740000123-0") as a comparable pair; None when it is not one."""
-    ms, _, seq = raw.partition(b"-")
-    try:
-        return int(ms), int(seq)
-    except ValueError:
+    """A stream id (b"1732740000123-0") as a comparable pair; None when it is not one Redis
+    could have given (a `since` or an envelope's id from anyone: 20 digits reach 10^20-1,
+    past what Redis accepts, and XRANGE would answer an error)."""
+    m = STREAM_ID.fullmatch(raw)
+    if m is None:
         return None
+    ms, seq = int(m[1]), int(m[2])
+    return (ms, seq) if ms <= MAX_PART and seq <= MAX_PART else None
 
 
 def wires(entries: Any) -> History:
@@ -32,7 +35,7 @@ async def read(r: Redis, key: str, size: int, since: str | None) -> tuple[Histor
     if since is not None:
         recovered = False
         wanted = since.encode()
-        if size and STREAM_ID.fullmatch(wanted):
+        if size and parse_id(wanted) is not None:
             # `since` itself plus up to `size` after it, and one more to tell whether
             # more than `size` are missing (then the ring semantics say: not recovered)
             entries: Any = await r.xrange(key, min=wanted, count=size + 2)

@@ -166,15 +166,11 @@ class Presence:
         self._presence_dirty = True  # still changing: the next maintenance round retries
 
     async def leave(self) -> None:
-        """A clean goodbye: this node's members leave Redis, its heartbeat goes."""
+        """A clean goodbye: this node's members leave Redis, its heartbeat goes. A failure is
+        the caller's to report (the reaper of another node removes what is left)."""
         if self._commands.redis is None:
             return
-        try:
-            await self._commands.scripts["leave"](
-                args=[self._commands.prefix, self._broker.node_id]
-            )
-        except FAILURES as exc:
-            log.warning("could not remove this node's presence: %s", exc)
+        await self._commands.scripts["leave"](args=[self._commands.prefix, self._broker.node_id])
 
     def forget(self) -> None:
         """Stopped: nothing of this node's presence is registered any more."""

@@ -18,9 +18,10 @@ class Publisher:
     """Group commit of chat messages: while one publish round trip is on its way, the next
     messages wait here and then go together in one pipeline (see submit)."""
 
-    def __init__(self, commands: Commands, history_size: int) -> None:
+    def __init__(self, commands: Commands, history_size: int, history_ttl: int = 0) -> None:
         self._commands = commands
         self._history_size = history_size
+        self._history_ttl_ms = history_ttl * 1000  # the stream's TTL, set by each publish
         self._publishing = False
         self._send_scheduled = False
         self._outgoing: Batch = []
@@ -52,7 +53,11 @@ class Publisher:
         """At stop: let the chat messages on their way land, within the timeout."""
         if self._batches:
             await asyncio.wait(set(self._batches), timeout=COMMAND_TIMEOUT + 1)
-            await cancel_all(list(self._batches))
+            await self.abort()
+
+    async def abort(self) -> None:
+        """Give up the batches still waiting for Redis (their senders are gone)."""
+        await cancel_all(list(self._batches))
 
     def _send_outgoing(self) -> None:
         """Send what queued up as one batch, unless a round trip is still on its way."""
@@ -140,4 +145,5 @@ class Publisher:
     def publish_args(self, room: str, suffix: bytes) -> list[Any]:
         """The publish script's arguments for one message (its key: history:<room>)."""
         size = self._history_size
-        return ["~" if size else "=", size, suffix, self._commands.room_channel(room), CHAT_PREFIX]
+        channel = self._commands.room_channel(room)
+        return ["~" if size else "=", size, suffix, channel, CHAT_PREFIX, self._history_ttl_ms]

@@ -3,7 +3,8 @@
 Keys and channels (P is the configurable prefix, default `gochat:`):
 
     P room:{room}             channel: the room's envelopes (`c<id>` chat, `p<userId>` presence)
-    P history:{room}          stream: chat suffixes, MAXLEN ~ GOCHAT_HISTORY; entry id = message id
+    P history:{room}          stream: chat suffixes, MAXLEN ~ GOCHAT_HISTORY; entry id = message id;
+                              expires GOCHAT_HISTORY_TTL after the room's last message
     P presence:{room}         hash: connection id -> userId (connection ids are `{node}/{n}`)
     P presence_users:{room}   hash: userId -> connections in the room, cluster-wide
     P presence_names:{room}   hash: userId -> display name (the room's members)
@@ -22,10 +23,15 @@ cluster with every key in one slot); the publish script declares its key.
 from __future__ import annotations
 
 # XADD and PUBLISH in one step: the stream id is the message id and the publish order is the
-# stream order, so every node sees one order per room. The stream keeps the JSON after the id.
-# KEYS[1] stream; ARGV: trim operator (~ or =), maxlen, chat suffix, channel, chat prefix
+# stream order, so every node sees one order per room. The stream keeps the JSON after the id,
+# and lives GOCHAT_HISTORY_TTL after the room's last message (the TTL is set again by each
+# publish, in this same call: no extra round trip); a room gone quiet for that long has no
+# history left, and a `since` into it is answered `recovered: false`.
+# KEYS[1] stream; ARGV: trim operator (~ or =), maxlen, chat suffix, channel, chat prefix,
+# TTL in ms (0: the stream never expires)
 PUBLISH = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 's', ARGV[3])
+if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 redis.call('PUBLISH', ARGV[4], 'c' .. id .. '\\n' .. ARGV[5] .. id .. ARGV[3])
 return id
 """

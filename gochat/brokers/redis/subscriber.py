@@ -31,7 +31,13 @@ READ_TIMEOUT = 0.25  # the listener wakes at least this often to check its probe
 PROBE_EVERY = 1.0  # a ping through our own subscription, to prove it still delivers
 PROBE_TIMEOUT = 3.0  # a subscription that has not echoed the ping by then is dead
 SUBSCRIBE_TIMEOUT = 2.0  # wait for Redis to confirm a subscription before reading history
-FUTURE_MS = 3_600_000  # a chat id this far ahead of our clock is not trusted for dedupe
+# A chat id more than this far ahead of Redis's clock (as this node reckons it: its own clock
+# plus the offset TIME showed at connect) cannot have come from the publish script, whose
+# XADD takes the time from Redis's clock; it must not move the replay mark. The margin
+# covers the offset's error (half a round trip), drift between reconnects and a Redis clock
+# stepped back (its ids keep the newest ms) by NTP; a forged id within it moves the mark at
+# most this far ahead, and a replay finds such a mark ahead of the stream (see _replay).
+MAX_AHEAD_MS = 5_000
 
 
 class Subscriber:
@@ -59,12 +65,20 @@ class Subscriber:
         self._rooms: set[str] = set()  # rooms this node wants, whatever Redis's state
         self._channel_rooms: dict[bytes, str] = {}
         # Newest chat id handed to the Hub per room: a resubscribed node replays the stream
-        # after it (what was published while it was deaf) and drops anything not newer.
+        # after it (what was published while it was deaf). It follows live messages, so an
+        # envelope PUBLISHed by anyone moves it (within MAX_AHEAD_MS of the clock): only the
+        # replay relies on it, and checks it against the stream.
         self._last_ids: dict[str, tuple[int, int]] = {}
+        # Newest id read from the room's stream (at subscribe, by a replay): a live chat not
+        # newer was in the stream already, so the replay (or the joiner's history) gave it.
+        # Only Redis's stream sets it, so no forged envelope can make real messages drop.
+        self._read_ids: dict[str, tuple[int, int]] = {}
+        self._clock_offset_ms = 0.0  # Redis's clock minus ours, measured at each connect
         self._held: list[tuple[str, bytes]] | None = None  # room messages while resubscribing
         self.replayed = 0  # chat messages recovered from streams after a resubscription
         self.duplicates = 0  # chat messages dropped because their id was not newer
         self.gaps = 0  # resubscriptions that found messages trimmed before they were replayed
+        self.future_ids = 0  # chat ids too far ahead of Redis's clock to be real: not marked
         self._confirm: dict[bytes, list[asyncio.Future[None]]] = {}
         self._probe_sent: float | None = None
         self._first_attempt = asyncio.Event()
@@ -98,6 +112,7 @@ class Subscriber:
                 # one order: first what was missed, then what arrived meanwhile.
                 self._held = []
                 await self._connect()
+                await self._measure_clock()
                 await self._register()
                 await self._replay()
                 held, self._held = self._held, None
@@ -150,6 +165,15 @@ class Subscriber:
         ]
         if stale:
             await pubsub.unsubscribe(*stale)
+
+    async def _measure_clock(self) -> None:
+        """Redis's clock against ours (chat ids are Redis's milliseconds): see MAX_AHEAD_MS."""
+        redis = self._commands.redis
+        assert redis is not None
+        before = time.time()
+        seconds, micros = await redis.time()
+        after = time.time()
+        self._clock_offset_ms = (seconds + micros / 1e6 - (before + after) / 2) * 1000
 
     async def _read_until_confirmed(self, pubsub: PubSub, channels: set[bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -209,13 +233,13 @@ class Subscriber:
                     fut.set_result(None)
 
     def _room_message(self, room: str, data: bytes) -> None:
-        """Hand one room message to the Hub, dropping a chat whose id is not newer."""
+        """Hand one room message to the Hub, dropping a chat the stream already gave."""
         if room not in self._rooms:
             return
         msg_id = history.parse_id(data[1 : data.find(b"\n")]) if data[:1] == b"c" else None
         if msg_id is not None:
-            last = self._last_ids.get(room)
-            if last is not None and msg_id <= last:
+            read = self._read_ids.get(room)
+            if read is not None and msg_id <= read:
                 self.duplicates += 1
                 return
         try:
@@ -223,9 +247,23 @@ class Subscriber:
         except Exception:  # one bad delivery must not stop the listener
             log.exception("delivering a message on %s failed", loggable(room))
             return
-        # Only a message the Hub took, with an id not from the far future, moves the mark:
-        # a forged envelope must not make the node drop every real message after it.
-        if accepted and msg_id is not None and msg_id[0] < time.time() * 1000 + FUTURE_MS:
+        if accepted and msg_id is not None:
+            self._mark(room, msg_id)
+
+    def _mark(self, room: str, msg_id: tuple[int, int]) -> None:
+        """Move the replay mark to a delivered chat's id, unless Redis cannot have made it."""
+        if msg_id[0] > time.time() * 1000 + self._clock_offset_ms + MAX_AHEAD_MS:
+            self.future_ids += 1
+            if self.future_ids == 1:
+                log.warning(
+                    "room %s: chat id %d-%d is ahead of redis's clock, not from its stream "
+                    "(a forged envelope?): delivered but not marked; counted from now on",
+                    loggable(room),
+                    *msg_id,
+                )
+            return
+        last = self._last_ids.get(room)
+        if last is None or msg_id > last:
             self._last_ids[room] = msg_id
 
     async def _replay(self) -> None:
@@ -244,9 +282,8 @@ class Subscriber:
             last = self._last_ids.get(room)
             if last is None:
                 continue
-            entries: Any = await redis.xrange(
-                self._commands.key("history:", room), min=b"%d-%d" % last
-            )
+            key = self._commands.key("history:", room)
+            entries: Any = await redis.xrange(key, min=b"%d-%d" % last)
             if entries and history.parse_id(entries[0][0]) == last:
                 entries = entries[1:]
             elif len(entries) >= size:
@@ -254,16 +291,33 @@ class Subscriber:
                 # after it. (A shorter stream was never trimmed, e.g. a Redis restarted
                 # without persistence: everything after the mark is still in it.)
                 if entries:
-                    self._last_ids[room] = history.parse_id(entries[-1][0]) or last
+                    self._set_marks(room, history.parse_id(entries[-1][0]) or last)
                 log.warning("room %s: missed more messages than its history holds", loggable(room))
                 self.gaps += 1
                 self._broker.listener.missed(room)
                 continue
+            elif not entries:
+                # Nothing at or after the mark: up to date, unless the stream's newest entry
+                # is older than the mark, which then never was one of its ids (a forged
+                # envelope's within MAX_AHEAD_MS, a Redis whose clock went back): what was
+                # delivered, and so what was missed, is unknown. The members rejoin with
+                # `since`; the mark restarts from the stream.
+                newest = await history.newest_id(redis, key)
+                if newest != (0, 0) and newest < last:
+                    self._set_marks(room, newest)
+                    log.warning("room %s: replay mark ahead of the stream", loggable(room))
+                    self.gaps += 1
+                    self._broker.listener.missed(room)
+                    continue
             for msg_id, wire in history.wires(entries):
                 self._room_message(room, chat_envelope(msg_id, wire))
             if entries:
+                self._read_ids[room] = history.parse_id(entries[-1][0]) or last
                 self.replayed += len(entries)
                 log.info("room %s: %d missed messages replayed", loggable(room), len(entries))
+
+    def _set_marks(self, room: str, msg_id: tuple[int, int]) -> None:
+        self._last_ids[room] = self._read_ids[room] = msg_id
 
     async def drop(self) -> None:
         """Close the subscription (the listener opens a fresh one when it reconnects)."""
@@ -286,8 +340,8 @@ class Subscriber:
             redis = self._commands.redis
             assert redis is not None
             try:
-                self._last_ids[room] = await history.newest_id(
-                    redis, self._commands.key("history:", room)
+                self._set_marks(
+                    room, await history.newest_id(redis, self._commands.key("history:", room))
                 )
             except FAILURES as exc:
                 log.warning("subscribe %s: newest id unknown: %s", loggable(room), exc)
@@ -316,6 +370,7 @@ class Subscriber:
         self._rooms.discard(room)
         self._channel_rooms.pop(channel, None)
         self._last_ids.pop(room, None)
+        self._read_ids.pop(room, None)
         pubsub = self._pubsub
         if pubsub is None:
             return
