@@ -91,9 +91,8 @@ async def test_a_refused_chat_names_its_cid(make_chat: MakeChat) -> None:
 
 
 @pytest.mark.parametrize("name", ["system", " System ", "ADMIN", "operator", "Moderator", "gochat"])
-async def test_reserved_names_are_refused_to_anonymous_users(
-    make_chat: MakeChat, name: str
-) -> None:
+async def test_reserved_names_are_refused(make_chat: MakeChat, name: str) -> None:
+    """Anonymous users cannot take a name an operator notice or the server could use."""
     chat = await make_chat()
     with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
         await chat.ws_connect("/ws", params={"name": name})
