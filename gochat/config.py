@@ -136,6 +136,13 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a connection's unsent bytes may stay unsent before close 1013; 0 = off",
         "--write-timeout",
     ),
+    Option(
+        "fragment_timeout",
+        "GOCHAT_FRAGMENT_TIMEOUT",
+        "seconds a fragmented client message may take from its first fragment to its last "
+        "before close 1008",
+        "--fragment-timeout",
+    ),
     Option("log_level", "GOCHAT_LOG_LEVEL", "logging level", "--log-level"),
     Option(
         "event_loop",
@@ -183,6 +190,7 @@ class Settings(BaseModel):
     shutdown_batch: int = Field(500, ge=1)
     handshake_timeout: float = Field(10, ge=0)
     write_timeout: float = Field(30, ge=0)
+    fragment_timeout: float = Field(10, gt=0, le=10)
     log_level: str = "INFO"
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     fast_paths: bool = True

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from gochat.chat import ws as ws_module
 from gochat.chat.fragments import FragmentWatch
 
 from .conftest import MakeChat
@@ -56,13 +55,10 @@ async def test_the_watch_follows_frames_cut_anywhere(chunk: int) -> None:
     assert not overdue and not watch.open
 
 
-async def test_an_unfinished_fragmented_message_is_closed_1008(
-    make_chat: MakeChat, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_unfinished_fragmented_message_is_closed_1008(make_chat: MakeChat) -> None:
     """One fragment, then only pings: closed 1008 once the bound passes (before: kept for
     ever, the pings answered)."""
-    monkeypatch.setattr(ws_module, "FRAGMENT_TIMEOUT", 0.5)
-    chat = await make_chat(rate=0)
+    chat = await make_chat(rate=0, fragment_timeout=0.5)
     raw = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=holder")
     try:
         assert json.loads((await asyncio.to_thread(raw.read_frame))[1])["type"] == "welcome"

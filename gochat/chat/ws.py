@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 # Reserved for the server and operator notices: an anonymous user cannot take them.
 RESERVED_NAMES = frozenset({"system", "admin", "operator", "moderator", "gochat"})
 RATE_GRACE = 5.0  # seconds over the rate after the first rate_limited before close 1008
-FRAGMENT_TIMEOUT = 10.0  # seconds a fragmented message may take from its first fragment
 
 
 def origin_allowed(request: web.Request, settings: Settings) -> bool:
@@ -177,7 +176,9 @@ async def read_loop(
     hub: Hub, client: Client, ws: web.WebSocketResponse, settings: Settings, fast: FastPaths
 ) -> None:
     queue = fast.inline_queue(ws)
-    fragments = FragmentWatch(FRAGMENT_TIMEOUT, functools.partial(fragment_overdue, hub, client))
+    fragments = FragmentWatch(
+        settings.fragment_timeout, functools.partial(fragment_overdue, hub, client)
+    )
     fast.watch_chunks(ws, fragments.feed)
     try:
         await read_frames(hub, client, ws, settings, queue)
@@ -190,7 +191,8 @@ async def read_loop(
 
 def fragment_overdue(hub: Hub, client: Client) -> None:
     """A fragmented message did not end in time (fragments.py): close 1008."""
-    hub.drop(client, CloseCode.POLICY, f"message not completed within {FRAGMENT_TIMEOUT:g}s")
+    timeout = hub.settings.fragment_timeout
+    hub.drop(client, CloseCode.POLICY, f"message not completed within {timeout:g}s")
 
 
 async def read_frames(
