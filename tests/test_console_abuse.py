@@ -21,7 +21,7 @@ from gochat.console.state import FEED_SIZE
 from .conftest import MakeChat
 from .console import BEARER, TOKEN
 from .procs import Node
-from .util import TIMEOUT, recv_type, until
+from .util import TIMEOUT, parse_http_response, recv_type, until
 
 SSE = {**BEARER, "Accept": "text/event-stream"}
 
@@ -46,16 +46,7 @@ async def read_response(
 ) -> tuple[int, dict[str, str], bytes]:
     """The final response on a `Connection: close` socket (an interim 100 skipped)."""
     async with asyncio.timeout(TIMEOUT):
-        data = await reader.read()
-    while data.startswith(b"HTTP/1.1 100"):
-        data = data.partition(b"\r\n\r\n")[2]
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        headers[key.strip().lower()] = value.strip()
-    return int(lines[0].split(" ", 2)[1]), headers, body
+        return parse_http_response(await reader.read())
 
 
 async def raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

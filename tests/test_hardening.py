@@ -35,7 +35,7 @@ from gochat.keys import FIRST_FRAME, HUB
 from .conftest import MakeChat
 from .console import BEARER, TOKEN
 from .rawws import RawWS
-from .util import connect, join, recv, recv_type, until
+from .util import connect, join, parse_http_response, recv, recv_type, until
 
 
 def server_client(chat: TestClient[Any, Any], user_id: str) -> Any:
@@ -59,13 +59,7 @@ def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        headers[key.strip().lower()] = value.strip()
-    return int(lines[0].split(" ", 2)[1]), headers, body
+    return parse_http_response(data)
 
 
 async def get_raw(

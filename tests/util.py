@@ -104,3 +104,17 @@ def vanish(ws: aiohttp.ClientWebSocketResponse) -> None:
     use of a private name of aiohttp (the server's are in gochat/aiohttp_internals.py).
     """
     ws._response.connection.transport.abort()  # type: ignore[union-attr]
+
+
+def parse_http_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body) of the final response in `data`, any interim
+    `100 Continue` skipped."""
+    while data.startswith(b"HTTP/1.1 100"):
+        data = data.partition(b"\r\n\r\n")[2]
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return int(lines[0].split(" ", 2)[1]), headers, body
