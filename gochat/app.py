@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -36,28 +35,6 @@ SECURITY_HEADERS = {
 }
 
 
-class ShutdownClock:
-    """GOCHAT_SHUTDOWN_GRACE bounds the whole shutdown: the Hub's closes and the handlers'
-    ends first, the broker's stop last, with whatever time is left."""
-
-    MIN_STOP = 0.1  # the broker's stop gets at least this (a healthy Redis needs ~1 ms)
-
-    def __init__(self, grace: float) -> None:
-        self.grace = grace
-        self.deadline: float | None = None
-
-    def start(self) -> None:
-        self.deadline = asyncio.get_running_loop().time() + self.grace
-
-    def remaining(self) -> float:
-        if self.deadline is None:  # a cleanup without a shutdown (the start failed)
-            return self.grace
-        return max(self.MIN_STOP, self.deadline - asyncio.get_running_loop().time())
-
-
-SHUTDOWN_CLOCK = web.AppKey("shutdown_clock", ShutdownClock)
-
-
 @asynccontextmanager
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the broker's listener; on cleanup leave the cluster cleanly, within what is
@@ -65,12 +42,11 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = app[BROKER]
     await broker.start()
     yield
-    await broker.stop(app[SHUTDOWN_CLOCK].remaining())
+    await broker.stop(app[HUB].shutdown_time_left())
 
 
 async def shutdown_clients(app: web.Application) -> None:
     """on_shutdown: every client gets close 1001 while the broker is still up."""
-    app[SHUTDOWN_CLOCK].start()
     await app[HUB].shutdown()
 
 
@@ -156,7 +132,6 @@ def create_app(
     # after this long; it is also the idle limit between keep-alive requests.
     app = web.Application(handler_args={"keepalive_timeout": settings.handshake_timeout or 75.0})
     app[SETTINGS] = settings
-    app[SHUTDOWN_CLOCK] = ShutdownClock(settings.shutdown_grace)
     fast = app[FAST_PATHS] = detect(settings.fast_paths)
     log_fast_paths(fast)
     tap = app[TAP] = EventTap(settings.node_id)

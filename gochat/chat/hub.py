@@ -51,6 +51,7 @@ class Hub:
         )
         self.stats = ChatStats()
         self.closing = False
+        self._shutdown_deadline: float | None = None
         self.memberships = Memberships(settings, broker, tap, self.send, self.send_frame)
         self.publisher = Publisher(settings, broker, tap, self.stats, self.send_error)
         self.delivery = Delivery(
@@ -65,6 +66,13 @@ class Hub:
 
     def _is_closing(self) -> bool:
         return self.closing
+
+    def shutdown_time_left(self, floor: float = 0.1) -> float:
+        """What is left of GOCHAT_SHUTDOWN_GRACE since `shutdown` began (the whole grace
+        before it; never below `floor`): the broker's stop, the last step, gets this."""
+        if self._shutdown_deadline is None:
+            return self.settings.shutdown_grace
+        return max(floor, self._shutdown_deadline - asyncio.get_running_loop().time())
 
     # --- connections ---------------------------------------------------------------------
 
@@ -201,7 +209,7 @@ class Hub:
         self.closing = True
         loop = asyncio.get_running_loop()
         grace = self.settings.shutdown_grace
-        deadline = loop.time() + grace
+        deadline = self._shutdown_deadline = loop.time() + grace
         size = self.settings.shutdown_batch
         clients = list(self.clients.values())
         batches = [clients[i : i + size] for i in range(0, len(clients), size)]
