@@ -19,7 +19,7 @@ from gochat.aiohttp_internals import http_parser_released
 from gochat.chat.client import Client
 from gochat.keys import BROKER, HUB
 
-from .util import join, recv, until, vanish
+from .util import anon, join, recv, until, vanish
 
 CYCLES = 10_000
 BATCH = 100  # connections open at once
@@ -50,7 +50,7 @@ async def _batch(
 ) -> None:
     sockets = []
     for i in range(start, start + BATCH):
-        ws = await session.ws_connect(url, params={"name": f"u{i % 50}"})
+        ws = await session.ws_connect(url, params=anon(f"u{i % 50}"))
         assert (await recv(ws))["type"] == "welcome"
         await join(ws, f"room{i % 7}")
         sockets.append(ws)
@@ -141,7 +141,7 @@ async def test_closed_connections_are_freed_without_the_cycle_collector(
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
             for i in range(10):
-                ws = await session.ws_connect(url, params={"name": f"u{i}"})
+                ws = await session.ws_connect(url, params=anon(f"u{i}"))
                 assert (await recv(ws))["type"] == "welcome"
                 await join(ws, "lobby")
                 await ws.send_json({"type": "chat", "room": "lobby", "text": "bye"})

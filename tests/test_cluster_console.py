@@ -22,7 +22,7 @@ from gochat.keys import BROKER, HUB, TAP
 from .cluster import nodes
 from .console import BEARER, TOKEN, events_until, has_kind, open_stream
 from .redis_server import RedisServer
-from .util import TIMEOUT, Chat, connect, join, recv, recv_type, until
+from .util import TIMEOUT, Chat, connect, join, recv, recv_type, uid_of, until
 
 pytestmark = pytest.mark.redis
 
@@ -50,7 +50,7 @@ async def barrier(ws: Stream, node: Chat, name: str) -> list[dict[str, Any]]:
     """
     marker, _ = await connect(node, name)
     try:
-        return await events_until(ws, has_kind("CONNECT", user=name))
+        return await events_until(ws, has_kind("CONNECT", user=uid_of(name)))
     finally:
         await marker.close()
 
@@ -67,7 +67,7 @@ async def test_stream_on_one_node_sees_another_nodes_events_once(
     chat = await recv_type(bob, "chat")
     await bob.close()
     events = await barrier(ws, n2, "marker")
-    mine = [e for e in events if e["user"] == "bob"]
+    mine = [e for e in events if e["user"] == uid_of("bob")]
     counts = Counter(e["kind"] for e in mine)
     for kind in ("CONNECT", "JOIN", "PUBLISH", "LEAVE", "DISCONNECT"):
         assert counts[kind] == 1, (kind, counts)
@@ -100,16 +100,16 @@ async def test_filters_apply_to_another_nodes_events(
         await join(c, "y")
     await a.send_json({"type": "chat", "room": "x", "text": "ann on n1"})
     await b.send_json({"type": "chat", "room": "x", "text": "ben on n2"})
-    events = await events_until(ws, has_kind("PUBLISH", user="ben"))
-    assert [(e["kind"], e["node"], e["user"]) for e in events] == [("PUBLISH", "n2", "ben")]
+    events = await events_until(ws, has_kind("PUBLISH", user=uid_of("ben")))
+    assert [(e["kind"], e["node"], e["user"]) for e in events] == [("PUBLISH", "n2", uid_of("ben"))]
 
-    await ws.send_json({"type": "filter", "room": "y", "user": "ben", "kinds": ["PUBLISH"]})
+    await ws.send_json({"type": "filter", "room": "y", "user": uid_of("ben"), "kinds": ["PUBLISH"]})
     await until(lambda: viewer.filter.room == "y", what="the room filter")
     await b.send_json({"type": "chat", "room": "x", "text": "ben in x"})
     await a.send_json({"type": "chat", "room": "y", "text": "ann in y"})
     await b.send_json({"type": "chat", "room": "y", "text": "ben in y"})
     events = await events_until(ws, has_kind("PUBLISH", room="y"))
-    assert [(e["room"], e["user"]) for e in events] == [("y", "ben")]
+    assert [(e["room"], e["user"]) for e in events] == [("y", uid_of("ben"))]
 
     await ws.send_json({"type": "filter", "text": "needle", "node": "n2"})
     await until(lambda: viewer.filter.text == "needle", what="the text filter")
@@ -139,7 +139,7 @@ async def test_kick_on_one_node_closes_a_connection_on_another(
     events = await barrier(ws, n2, "marker")
     kicks = [e for e in events if e["kind"] == "KICK"]
     assert len(kicks) == 1, kicks  # audited once, by the node that closed the connection
-    assert kicks[0]["args"] == [client.id, "mallory", "spam, again"]
+    assert kicks[0]["args"] == [client.id, uid_of("mallory"), "spam, again"]
     assert kicks[0]["node"] == "n2" and kicks[0]["addr"].startswith("127.0.0.1:")
     gone = [e for e in events if e["kind"] == "DISCONNECT" and e["conn"] == client.id]
     assert len(gone) == 1 and gone[0]["args"][-1] == "4001"
@@ -255,7 +255,7 @@ async def test_console_sees_its_own_node_while_redis_is_down(
     a, _ = await connect(n1, "ann")  # the node's own events still reach its console
     await a.send_json({"type": "join", "room": "r"})
     assert (await recv(a))["code"] == "unavailable"
-    events = await events_until(ws, has_kind("ERROR", user="ann"))
+    events = await events_until(ws, has_kind("ERROR", user=uid_of("ann")))
     assert [e["kind"] for e in events] == ["CONNECT", "ERROR"]
     # a kick for another node cannot travel now: said so, not "no such connection"
     resp = await n1.post("/admin/api/kick", json={"conn": "n2/1"}, headers=BEARER)
@@ -264,7 +264,7 @@ async def test_console_sees_its_own_node_while_redis_is_down(
     events = await events_until(ws, has_kind("BROKER_UP", node="n1"), timeout=10)
     assert [e["kind"] for e in events].count("BROKER_UP") == 1
     await a.close()
-    events = await events_until(ws, has_kind("DISCONNECT", user="ann"))
+    events = await events_until(ws, has_kind("DISCONNECT", user=uid_of("ann")))
     assert [e["kind"] for e in events] == ["DISCONNECT"]  # once: not again through Redis
     await ws.close()
 
@@ -278,17 +278,17 @@ async def test_presence_is_one_line_per_transition_cluster_wide(
     b, _ = await connect(n2, "ben")
     await join(a, "lobby")
     await join(b, "lobby")  # two nodes now deliver the room's presence
-    assert (await recv(a))["userId"] == "ben"
+    assert (await recv(a))["userId"] == uid_of("ben")
     c, _ = await connect(n3, "cat")
     await join(c, "lobby")
     for ws_ in (a, b):
-        assert (await recv_type(ws_, "presence"))["userId"] == "cat"
+        assert (await recv_type(ws_, "presence"))["userId"] == uid_of("cat")
     await c.close()
     for ws_ in (a, b):
         off = await recv_type(ws_, "presence")
-        assert off["userId"] == "cat" and off["status"] == "offline"
+        assert off["userId"] == uid_of("cat") and off["status"] == "offline"
     events = await barrier(ws, n3, "marker")
-    presence = [e for e in events if e["kind"] == "PRESENCE" and e["user"] == "cat"]
+    presence = [e for e in events if e["kind"] == "PRESENCE" and e["user"] == uid_of("cat")]
     assert [json.loads(e["args"][1])["status"] for e in presence] == ["online", "offline"]
     assert {e["node"] for e in presence} == {"n3"}  # the node whose script made the change
     for ws_ in (a, b, ws):

@@ -20,7 +20,7 @@ from gochat.keys import BROKER, HUB
 
 from .conftest import MakeChat
 from .rawws import RawWS
-from .util import connect, expect_close, join, recv, recv_type, until
+from .util import anon, connect, expect_close, join, recv, recv_type, uid_of, until
 
 # the contract holds on the shortcuts through aiohttp and on its public API alike
 pytestmark = pytest.mark.both_fast_paths
@@ -146,7 +146,7 @@ async def test_unauthorized_room_and_tokens(make_chat: MakeChat) -> None:
     secret = "s3cret-for-tests-0123456789abcdef"
     chat = await make_chat(auth_secret=secret)
     token = mint(secret, "u-1", "Ursula", rooms=["lobby"])
-    ws, welcome = await connect(chat, token=token)
+    ws, welcome = await connect(chat, token=token, uid="someone-else")  # the token decides
     assert welcome["userId"] == "u-1" and welcome["name"] == "Ursula"
     frame = await error_for(ws, {"type": "join", "room": "secret"})
     assert frame["code"] == "unauthorized" and frame["ref"] == "join"
@@ -209,7 +209,7 @@ async def test_kick_closes_4001_with_reason(chat: TestClient[Any, Any]) -> None:
     (client,) = hub.clients.values()
     hub.drop(client, 4001, "behave")
     assert await expect_close(ws) == 4001
-    raw = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=raw")
+    raw = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=raw&uid=user-raw")
     assert raw.status == 101
     await until(lambda: len(hub.clients) == 1, what="the raw client")
     (client,) = hub.clients.values()
@@ -233,7 +233,7 @@ async def test_slow_consumer_closed_1013_others_unaffected(make_chat: MakeChat) 
     hub = chat.app[HUB]
     port = chat.port or 0
     # a reader with a 4 KiB receive buffer that joins and then never reads
-    slow = await asyncio.to_thread(RawWS, "127.0.0.1", port, "/ws?name=slow", 4096)
+    slow = await asyncio.to_thread(RawWS, "127.0.0.1", port, "/ws?name=slow&uid=user-slow", 4096)
     await asyncio.to_thread(slow.send_frame, b'{"type":"join","room":"lobby"}')
     await until(lambda: "lobby" in hub.rooms and len(hub.rooms["lobby"]) == 1, what="slow join")
     fast, _ = await connect(chat, "fast")
@@ -268,7 +268,7 @@ async def test_slow_consumer_closed_1013_others_unaffected(make_chat: MakeChat) 
     assert code == 1013
     slow.close()
     await until(lambda: len(hub.clients) == 2, what="the slow client to be forgotten")
-    assert {c.user_id for c in hub.clients.values()} == {"fast", "sender"}
+    assert {c.name for c in hub.clients.values()} == {"fast", "sender"}
 
 
 async def test_origin_check(make_chat: MakeChat) -> None:
@@ -306,7 +306,7 @@ async def test_conn_per_ip_429(make_chat: MakeChat) -> None:
     a, _ = await connect(chat, "a")
     b, _ = await connect(chat, "b")
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        await chat.ws_connect("/ws", params={"name": "c"})
+        await chat.ws_connect("/ws", params=anon("c"))
     assert info.value.status == 429
     await a.close()
     await until(lambda: len(chat.app[HUB].clients) == 1, what="a to be gone")
@@ -319,13 +319,13 @@ async def test_heartbeat_drops_dead_peer(make_chat: MakeChat) -> None:
     watcher, _ = await connect(chat, "watcher")
     await join(watcher, "lobby")
     # a peer that never answers pings (autoping off, and we never read)
-    dead = await chat.ws_connect("/ws", params={"name": "dead"}, autoping=False)
+    dead = await chat.ws_connect("/ws", params=anon("dead"), autoping=False)
     await dead.send_json({"type": "join", "room": "lobby"})
     online = await recv_type(watcher, "presence")
-    assert online["userId"] == "dead" and online["status"] == "online"
+    assert online["userId"] == uid_of("dead") and online["status"] == "online"
     offline = await recv_type(watcher, "presence", timeout=5)
-    assert offline["userId"] == "dead" and offline["status"] == "offline"
-    assert [c.user_id for c in hub.clients.values()] == ["watcher"]
+    assert offline["userId"] == uid_of("dead") and offline["status"] == "offline"
+    assert [c.name for c in hub.clients.values()] == ["watcher"]
 
 
 async def test_heartbeat_keeps_a_quiet_peer_that_answers_pings(make_chat: MakeChat) -> None:
@@ -333,7 +333,7 @@ async def test_heartbeat_keeps_a_quiet_peer_that_answers_pings(make_chat: MakeCh
     but answers each ping stays, ping after ping, and its pong is all it takes."""
     chat = await make_chat(heartbeat=0.2)
     hub = chat.app[HUB]
-    quiet = await chat.ws_connect("/ws", params={"name": "quiet"}, autoping=False)
+    quiet = await chat.ws_connect("/ws", params=anon("quiet"), autoping=False)
     assert (await recv(quiet))["type"] == "welcome"
     await quiet.send_json({"type": "join", "room": "lobby"})
     assert (await recv(quiet))["type"] == "joined"
@@ -343,13 +343,13 @@ async def test_heartbeat_keeps_a_quiet_peer_that_answers_pings(make_chat: MakeCh
         assert msg.type is aiohttp.WSMsgType.PING, msg
         pings += 1
         await quiet.pong(msg.data)
-    assert [c.user_id for c in hub.clients.values()] == ["quiet"]
+    assert [c.name for c in hub.clients.values()] == ["quiet"]
     await assert_serving(chat, quiet)
 
 
 async def test_client_ping_gets_its_pong(make_chat: MakeChat) -> None:
     chat = await make_chat()
-    ws = await chat.ws_connect("/ws", params={"name": "pinger"}, autoping=False)
+    ws = await chat.ws_connect("/ws", params=anon("pinger"), autoping=False)
     assert (await recv(ws))["type"] == "welcome"
     await ws.ping(b"are you there")
     msg = await ws.receive(timeout=5)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from gochat.keys import HUB
 
-from .util import connect, join, nothing_more, recv, recv_type, until, vanish
+from .util import connect, join, nothing_more, recv, recv_type, uid_of, until, vanish
 
 # the contract holds on the shortcuts through aiohttp and on its public API alike
 pytestmark = pytest.mark.both_fast_paths
@@ -17,17 +19,22 @@ pytestmark = pytest.mark.both_fast_paths
 
 async def test_welcome_join_chat_presence(chat: TestClient[Any, Any]) -> None:
     a, wa = await connect(chat, "alice")
-    assert wa == {"type": "welcome", "userId": "alice", "name": "alice", "node": "test-node"}
+    assert wa == {
+        "type": "welcome",
+        "userId": uid_of("alice"),
+        "name": "alice",
+        "node": "test-node",
+    }
     b, _ = await connect(chat, "bob")
     ja = await join(a, "lobby")
-    assert ja["members"] == [{"userId": "alice", "name": "alice"}]
+    assert ja["members"] == [{"userId": uid_of("alice"), "name": "alice"}]
     assert ja["history"] == [] and "recovered" not in ja
     jb = await join(b, "lobby")
-    assert {m["userId"] for m in jb["members"]} == {"alice", "bob"}
+    assert {m["userId"] for m in jb["members"]} == {uid_of("alice"), uid_of("bob")}
     online = await recv(a)
     assert online == {
         "type": "presence",
-        "userId": "bob",
+        "userId": uid_of("bob"),
         "name": "bob",
         "room": "lobby",
         "status": "online",
@@ -36,7 +43,7 @@ async def test_welcome_join_chat_presence(chat: TestClient[Any, Any]) -> None:
     got_a, got_b = await recv(a), await recv(b)
     assert got_a == got_b
     assert got_a["type"] == "chat" and got_a["text"] == "hello" and got_a["cid"] == "c1"
-    assert got_a["userId"] == "alice" and isinstance(got_a["ts"], int) and got_a["id"]
+    assert got_a["userId"] == uid_of("alice") and isinstance(got_a["ts"], int) and got_a["id"]
     await b.send_json({"type": "leave", "room": "lobby"})
     assert await recv(b) == {"type": "left", "room": "lobby"}
     offline = await recv(a)
@@ -52,14 +59,63 @@ async def test_two_tabs_are_one_member(chat: TestClient[Any, Any]) -> None:
     await join(tab1, "room1")
     assert (await recv(watcher))["status"] == "online"
     j2 = await join(tab2, "room1")
-    assert [m["userId"] for m in j2["members"]].count("carol") == 1
+    assert [m["userId"] for m in j2["members"]].count(uid_of("carol")) == 1
     await tab1.close()
     # still online through tab2: the next frame the watcher sees is the chat, not offline
     await tab2.send_json({"type": "chat", "room": "room1", "text": "still here"})
     assert (await recv(watcher))["type"] == "chat"
     await tab2.close()
     last = await recv(watcher)
-    assert last["type"] == "presence" and last["status"] == "offline" and last["userId"] == "carol"
+    assert (
+        last["type"] == "presence"
+        and last["status"] == "offline"
+        and last["userId"] == uid_of("carol")
+    )
+
+
+async def test_anonymous_uid_is_the_identity_and_the_name_only_a_name(
+    chat: TestClient[Any, Any],
+) -> None:
+    """A browser's `uid` is the userId: a rename keeps the user, one name can be two users."""
+    watcher, _ = await connect(chat, "watcher")
+    await join(watcher, "r")
+    carol, w1 = await connect(chat, "Carol", uid="browser-one-1234")
+    assert (w1["userId"], w1["name"]) == ("browser-one-1234", "Carol")
+    await join(carol, "r")
+    assert (await recv(watcher))["userId"] == "browser-one-1234"
+    # a second tab of the same browser, renamed: the same member, nobody sees it come online
+    renamed, w2 = await connect(chat, "Carol R.", uid="browser-one-1234")
+    assert w2["userId"] == "browser-one-1234"
+    joined = await join(renamed, "r")
+    assert [m["userId"] for m in joined["members"]].count("browser-one-1234") == 1
+    # another person who picks the same name is another member
+    other, w3 = await connect(chat, "Carol", uid="browser-two-5678")
+    await join(other, "r")
+    online = await recv_type(watcher, "presence")
+    assert (online["userId"], online["name"], online["status"]) == (
+        "browser-two-5678",
+        "Carol",
+        "online",
+    )
+    members = (await join(watcher, "r"))["members"]
+    assert sorted(m["userId"] for m in members if m["name"].startswith("Carol")) == [
+        "browser-one-1234",
+        "browser-two-5678",
+    ]
+
+
+async def test_uid_is_generated_when_absent_and_refused_when_malformed(
+    chat: TestClient[Any, Any],
+) -> None:
+    _, a = await connect(chat, "same")
+    _, b = await connect(chat, "same", uid="x" * 22)
+    fresh = await recv(await chat.ws_connect("/ws", params={"name": "same"}))
+    assert re.fullmatch(r"[A-Za-z0-9_-]{8,64}", fresh["userId"])
+    assert fresh["userId"] not in (a["userId"], b["userId"], "same")
+    for bad in ("short", "x" * 65, "has space1", "ünïcode-1", "dot.dot.dot"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await chat.ws_connect("/ws", params={"name": "n", "uid": bad})
+        assert info.value.status == 400, bad
 
 
 async def test_history_and_since(make_chat: Any) -> None:
@@ -99,9 +155,9 @@ async def test_no_state_left_after_disconnects(chat: TestClient[Any, Any]) -> No
         else:  # abrupt: drop the TCP connection without a close frame
             vanish(ws)
     await until(lambda: len(hub.clients) == 1, what="every churned connection to be gone")
-    assert [c.user_id for c in hub.clients.values()] == ["keeper"]
+    assert [c.name for c in hub.clients.values()] == ["keeper"]
     assert set(hub.rooms) == {"stay"}
-    assert list(hub.rooms["stay"].values())[0].user_id == "keeper"
+    assert list(hub.rooms["stay"].values())[0].user_id == uid_of("keeper")
     assert not hub.memberships.joining
     members = await hub.broker.members("stay")
-    assert members == [{"userId": "keeper", "name": "keeper"}]
+    assert members == [{"userId": uid_of("keeper"), "name": "keeper"}]

@@ -14,7 +14,7 @@ from gochat.chat import ws as ws_module
 
 from .conftest import MakeChat
 from .procs import Node
-from .util import TIMEOUT, connect, join
+from .util import TIMEOUT, anon, connect, join
 
 
 @pytest.mark.slow
@@ -27,7 +27,7 @@ async def test_a_ping_flood_ends_in_1008_like_any_flood() -> None:
         async with (
             aiohttp.ClientSession() as session,
             session.ws_connect(
-                f"{node.url}/ws", params={"name": "pinger"}, autoping=False, autoclose=False
+                f"{node.url}/ws", params=anon("pinger"), autoping=False, autoclose=False
             ) as ws,
         ):
             assert (await ws.receive_json(timeout=TIMEOUT))["type"] == "welcome"
@@ -95,7 +95,7 @@ async def test_reserved_names_are_refused(make_chat: MakeChat, name: str) -> Non
     """Anonymous users cannot take a name an operator notice or the server could use."""
     chat = await make_chat()
     with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
-        await chat.ws_connect("/ws", params={"name": name})
+        await chat.ws_connect("/ws", params=anon(name))
     assert exc.value.status == 400
 
 

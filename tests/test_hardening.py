@@ -35,12 +35,12 @@ from gochat.keys import FIRST_FRAME, HUB
 from .conftest import MakeChat
 from .console import BEARER, TOKEN
 from .rawws import RawWS
-from .util import connect, join, parse_http_response, recv, recv_type, until
+from .util import anon, connect, join, parse_http_response, recv, recv_type, uid_of, until
 
 
 def server_client(chat: TestClient[Any, Any], user_id: str) -> Any:
-    """The Hub's Client for `user_id` (exactly one)."""
-    (client,) = [c for c in chat.app[HUB].clients.values() if c.user_id == user_id]
+    """The Hub's Client of the anonymous user `user_id` (exactly one)."""
+    (client,) = [c for c in chat.app[HUB].clients.values() if c.user_id == uid_of(user_id)]
     return client
 
 
@@ -79,7 +79,7 @@ async def test_silent_websocket_closed_1008_after_handshake_timeout(make_chat: M
     talker, _ = await connect(chat, "talker")
     await join(talker, "lobby")
     loop = asyncio.get_running_loop()
-    silent = await chat.ws_connect("/ws", params={"name": "silent"})
+    silent = await chat.ws_connect("/ws", params=anon("silent"))
     opened = loop.time()
     assert (await recv(silent))["type"] == "welcome"
     msg = await silent.receive(timeout=5)
@@ -87,7 +87,7 @@ async def test_silent_websocket_closed_1008_after_handshake_timeout(make_chat: M
     assert msg.type is aiohttp.WSMsgType.CLOSE, msg
     assert (msg.data, msg.extra) == (1008, "no frame within 0.5s")
     assert 0.45 <= elapsed < 2.0, elapsed
-    await until(lambda: [c.user_id for c in hub.clients.values()] == ["talker"], what="forgotten")
+    await until(lambda: [c.name for c in hub.clients.values()] == ["talker"], what="forgotten")
     # a client that spoke in time keeps its connection past the timeout
     await talker.send_json({"type": "chat", "room": "lobby", "text": "still here"})
     assert (await recv_type(talker, "chat"))["text"] == "still here"
@@ -190,7 +190,7 @@ async def test_node_connection_cap_answers_503(make_chat: MakeChat) -> None:
     a, _ = await connect(chat, "a")
     await connect(chat, "b")
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        await chat.ws_connect("/ws", params={"name": "c"})
+        await chat.ws_connect("/ws", params=anon("c"))
     assert info.value.status == 503
     await a.close()
     await until(lambda: len(hub.clients) == 1, what="a to be forgotten")
@@ -200,7 +200,7 @@ async def test_node_connection_cap_answers_503(make_chat: MakeChat) -> None:
 async def test_oversized_frame_refused_from_its_header(make_chat: MakeChat) -> None:
     """1009 as soon as the header declares too much: the payload is never buffered."""
     chat = await make_chat(max_frame=1024)
-    raw = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=big")
+    raw = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=big&uid=user-big")
     mask = os.urandom(4)
     declared = 64 * 1024 * 1024
     # the header of a 64 MiB text frame and its first 100 bytes; the rest never comes
@@ -214,7 +214,9 @@ async def test_oversized_frame_refused_from_its_header(make_chat: MakeChat) -> N
 
 async def test_permessage_deflate_is_never_negotiated(chat: TestClient[Any, Any]) -> None:
     offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
-    raw = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=z", None, offer)
+    raw = await asyncio.to_thread(
+        RawWS, "127.0.0.1", chat.port or 0, "/ws?name=z&uid=user-z__", None, offer
+    )
     assert raw.status == 101
     assert "sec-websocket-extensions" not in raw.head.lower()
     raw.close()
@@ -230,11 +232,13 @@ async def test_peer_that_neither_reads_nor_pongs_is_aborted(make_chat: MakeChat)
     loop = asyncio.get_running_loop()
     watcher, _ = await connect(chat, "watcher")
     await join(watcher, "lobby")
-    dead = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=dead", 4096)
+    dead = await asyncio.to_thread(
+        RawWS, "127.0.0.1", chat.port or 0, "/ws?name=dead&uid=user-dead", 4096
+    )
     await asyncio.to_thread(dead.send_frame, b'{"type":"join","room":"lobby"}')
     last_heard = loop.time()  # nothing more comes from this peer: no frame, no pong
     online = await recv_type(watcher, "presence")
-    assert (online["userId"], online["status"]) == ("dead", "online")
+    assert (online["userId"], online["status"]) == (uid_of("dead"), "online")
     client = server_client(chat, "dead")
     transport = client.transport
     sock = shrink_send_buffer(client)
@@ -243,8 +247,8 @@ async def test_peer_that_neither_reads_nor_pongs_is_aborted(make_chat: MakeChat)
     await until(lambda: transport.get_write_buffer_size() > 0, what="a backlog to the dead peer")
 
     offline = await recv_type(watcher, "presence", timeout=heartbeat * 1.5 + 2)
-    assert (offline["userId"], offline["status"]) == ("dead", "offline")
-    assert "dead" not in {c.user_id for c in hub.clients.values()}
+    assert (offline["userId"], offline["status"]) == (uid_of("dead"), "offline")
+    assert "dead" not in {c.name for c in hub.clients.values()}
     bound = heartbeat * 1.75 + 0.5  # the heartbeat aborts it: no grace period to wait
     await until(lambda: sock.fileno() == -1, timeout=bound, what="the transport to be aborted")
     elapsed = loop.time() - last_heard
@@ -261,7 +265,9 @@ async def test_trickle_reader_closed_1013_by_write_timeout(make_chat: MakeChat) 
     chat = await make_chat(write_timeout=write_timeout)
     hub = chat.app[HUB]
     loop = asyncio.get_running_loop()
-    slow = await asyncio.to_thread(RawWS, "127.0.0.1", chat.port or 0, "/ws?name=slow", 4096)
+    slow = await asyncio.to_thread(
+        RawWS, "127.0.0.1", chat.port or 0, "/ws?name=slow&uid=user-slow", 4096
+    )
     await asyncio.to_thread(slow.send_frame, b'{"type":"join","room":"lobby"}')
     await until(lambda: len(hub.rooms.get("lobby", ())) == 1, what="slow to join")
     transport = server_client(chat, "slow").transport
@@ -296,7 +302,7 @@ async def test_trickle_reader_closed_1013_by_write_timeout(make_chat: MakeChat) 
     # the reader that keeps up got everything and is still connected
     texts = [(await recv_type(fast, "chat"))["text"] for _ in range(count)]
     assert texts == [f"{i} " + "t" * 2000 for i in range(count)]
-    assert "fast" in {c.user_id for c in hub.clients.values()}
+    assert "fast" in {c.name for c in hub.clients.values()}
     await until(lambda: hub.backlogged() == 0, what="the sweep to forget the slow peer")
 
 
@@ -495,7 +501,7 @@ async def test_shutdown_closes_clients_1001_in_spaced_batches(make_chat: MakeCha
     stopping = asyncio.ensure_future(hub.shutdown())
     await until(lambda: hub.closing, what="shutdown to begin")
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        await chat.ws_connect("/ws", params={"name": "late"})
+        await chat.ws_connect("/ws", params=anon("late"))
     assert info.value.status == 503
     assert (await chat.get("/readyz")).status == 503
     results = await asyncio.gather(*waiters)

@@ -16,7 +16,7 @@ from gochat.brokers.base import CHAT_PREFIX, chat_suffix
 from gochat.brokers.memory import ENTRY_OVERHEAD, ROOM_OVERHEAD, MemoryBroker
 
 from .procs import Node
-from .util import TIMEOUT
+from .util import TIMEOUT, anon
 
 MIB = 1024 * 1024
 
@@ -126,7 +126,7 @@ async def _hoard(url: str, name: str, rooms: list[str], per_room: int, text: str
     ids: list[str] = []
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(f"{url}/ws", params={"name": name}, max_msg_size=0) as ws,
+        session.ws_connect(f"{url}/ws", params=anon(name), max_msg_size=0) as ws,
     ):
         assert (await ws.receive_json(timeout=TIMEOUT))["type"] == "welcome"
         for room in rooms:
@@ -151,7 +151,7 @@ async def _hoard(url: str, name: str, rooms: list[str], per_room: int, text: str
 async def _rejoin(url: str, room: str, since: str) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(f"{url}/ws", params={"name": "back"}, max_msg_size=0) as ws,
+        session.ws_connect(f"{url}/ws", params=anon("back"), max_msg_size=0) as ws,
     ):
         assert (await ws.receive_json(timeout=TIMEOUT))["type"] == "welcome"
         await ws.send_json({"type": "join", "room": room, "since": since})

@@ -17,11 +17,11 @@ import aiohttp
 from gochat.__main__ import new_event_loop
 
 from .procs import Node, free_port
-from .util import ROOT
+from .util import ROOT, anon, uid_of
 
 
 async def _client(session: aiohttp.ClientSession, node: Node, name: str) -> Any:
-    ws = await session.ws_connect(f"{node.url}/ws", params={"name": name})
+    ws = await session.ws_connect(f"{node.url}/ws", params=anon(name))
     assert (await ws.receive_json(timeout=5))["type"] == "welcome"
     await ws.send_json({"type": "join", "room": "lobby"})
     while (await ws.receive_json(timeout=5))["type"] != "joined":
@@ -60,19 +60,17 @@ async def test_heartbeat_on_uvloop_drops_the_dead_and_keeps_the_live() -> None:
     try:
         async with aiohttp.ClientSession() as session:
             live = await _client(session, node, "live")  # aiohttp answers pings in receive()
-            dead = await session.ws_connect(
-                f"{node.url}/ws", params={"name": "dead"}, autoping=False
-            )
+            dead = await session.ws_connect(f"{node.url}/ws", params=anon("dead"), autoping=False)
             await dead.send_json({"type": "join", "room": "lobby"})  # then never reads
             started = time.monotonic()
             seen: list[tuple[str, str]] = []
             async with asyncio.timeout(5):
-                while ("dead", "offline") not in seen:
+                while (uid_of("dead"), "offline") not in seen:
                     frame = await live.receive_json()
                     if frame["type"] == "presence":
                         seen.append((frame["userId"], frame["status"]))
             elapsed = time.monotonic() - started
-            assert seen[0] == ("dead", "online"), seen
+            assert seen[0] == (uid_of("dead"), "online"), seen
             assert 0.4 <= elapsed <= 0.4 * 1.75 + 1, elapsed  # pinged at 1x, dropped by 1.75x
             await live.send_json({"type": "chat", "room": "lobby", "text": "still here"})
             async with asyncio.timeout(5):

@@ -23,7 +23,7 @@ from gochat.keys import BROKER, TAP
 from .cluster import nodes, readyz, until_ready
 from .procs import Node
 from .redis_server import RedisServer
-from .util import connect, join, nothing_more, recv, recv_type, until, vanish
+from .util import anon, connect, join, nothing_more, recv, recv_type, uid_of, until, vanish
 
 pytestmark = pytest.mark.redis
 
@@ -40,11 +40,11 @@ async def test_cross_node_chat_presence_members(redis_server: RedisServer, make_
     await join(alice, "lobby")
     bob, _ = await connect(n2, "bob")
     jb = await join(bob, "lobby")
-    assert sorted(m["userId"] for m in jb["members"]) == ["alice", "bob"]
+    assert sorted(m["userId"] for m in jb["members"]) == [uid_of("alice"), uid_of("bob")]
     online = await recv(alice)
     assert online == {
         "type": "presence",
-        "userId": "bob",
+        "userId": uid_of("bob"),
         "name": "bob",
         "room": "lobby",
         "status": "online",
@@ -54,9 +54,11 @@ async def test_cross_node_chat_presence_members(redis_server: RedisServer, make_
     carol2, _ = await connect(n1, "carol")
     await join(carol1, "lobby")
     for ws in (alice, bob):
-        assert (await recv(ws))["userId"] == "carol"
+        assert (await recv(ws))["userId"] == uid_of("carol")
     jc = await join(carol2, "lobby")
-    assert sorted(m["userId"] for m in jc["members"]) == ["alice", "bob", "carol"]
+    assert sorted(m["userId"] for m in jc["members"]) == [
+        uid_of(n) for n in ("alice", "bob", "carol")
+    ]
     await nothing_more(alice)
     await nothing_more(bob)
 
@@ -71,7 +73,7 @@ async def test_cross_node_chat_presence_members(redis_server: RedisServer, make_
     await carol2.close()
     for ws in (alice, bob):
         off = await recv(ws)
-        assert off["userId"] == "carol" and off["status"] == "offline"
+        assert off["userId"] == uid_of("carol") and off["status"] == "offline"
     await nothing_more(alice)
     await nothing_more(bob)
 
@@ -140,7 +142,7 @@ async def test_one_order_across_nodes_under_concurrent_senders(
     as_pairs = [tuple(int(x) for x in i.split("-")) for i in orders[0]]
     assert as_pairs == sorted(as_pairs)  # ids increase in delivery order
     for i in range(len(socks)):  # each sender's own messages keep their order
-        mine = [m["cid"] for m in seen[0] if m["userId"] == f"u{i}"]
+        mine = [m["cid"] for m in seen[0] if m["userId"] == uid_of(f"u{i}")]
         assert mine == [f"{i}-{k}" for k in range(per_sender)]
 
 
@@ -188,7 +190,7 @@ async def test_killed_node_goes_offline_within_ttl(
         alice, _ = await connect(n1, "alice")
         await join(alice, "lobby")
         async with aiohttp.ClientSession() as session:
-            bob = await session.ws_connect(f"{n2.url}/ws?name=bob")
+            bob = await session.ws_connect(f"{n2.url}/ws?name=bob&uid=user-bob")
             assert (await recv(bob))["type"] == "welcome"
             await join(bob, "lobby")
             assert (await recv(alice))["status"] == "online"
@@ -201,10 +203,10 @@ async def test_killed_node_goes_offline_within_ttl(
             await bob.close()
     finally:
         await n2.kill()
-    assert off["status"] == "offline" and off["userId"] == "bob"
+    assert off["status"] == "offline" and off["userId"] == uid_of("bob")
     print(f"ghost presence cleared {ghost:.2f}s after SIGKILL (ttl {ttl}s)")
     assert ghost <= ttl
-    assert await n1.app[BROKER].members("lobby") == [{"userId": "alice", "name": "alice"}]
+    assert await n1.app[BROKER].members("lobby") == [{"userId": uid_of("alice"), "name": "alice"}]
     assert [n["id"] for n in await n1.app[BROKER].nodes()] == ["n1"]
     await nothing_more(alice)  # offline once
 
@@ -301,7 +303,7 @@ async def test_redis_absent_at_startup(redis_server: RedisServer, make_chat: Any
     redis_server.start()
     await until_ready(n1, True)
     ja = await join(a, "r")
-    assert ja["members"] == [{"userId": "a", "name": "a"}]
+    assert ja["members"] == [{"userId": uid_of("a"), "name": "a"}]
     await a.send_json({"type": "chat", "room": "r", "text": "hello"})
     assert (await recv_type(a, "chat"))["text"] == "hello"
 
@@ -390,7 +392,7 @@ async def test_clean_stop_sends_offline_at_once(redis_server: RedisServer, make_
     started = time.monotonic()
     await n2.close()  # SIGTERM path: clients get 1001, the node leaves the cluster
     off = await recv(alice, timeout=3)
-    assert off["status"] == "offline" and off["userId"] == "bob"
+    assert off["status"] == "offline" and off["userId"] == uid_of("bob")
     assert time.monotonic() - started < 3
     assert [n["id"] for n in await n1.app[BROKER].nodes()] == ["n1"]
     await nothing_more(alice)
@@ -404,7 +406,7 @@ async def test_join_storm_queues_for_redis_connections(
     (node,) = await nodes(make_chat, redis_server, "storm")
     url = str(node.make_url("/ws"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        socks = [await session.ws_connect(url, params={"name": f"s{i}"}) for i in range(300)]
+        socks = [await session.ws_connect(url, params=anon(f"s{i}")) for i in range(300)]
         for ws in socks:
             assert (await recv(ws))["type"] == "welcome"
         await asyncio.gather(*(ws.send_json({"type": "join", "room": "storm"}) for ws in socks))
@@ -416,9 +418,11 @@ async def test_join_storm_queues_for_redis_connections(
         for ws in socks:  # and all leave at once: 300 presence removals in flight
             vanish(ws)
         offline = {(await recv_type(watcher, "presence"))["userId"] for _ in range(300)}
-        assert offline == {f"s{i}" for i in range(300)}
+        assert offline == {uid_of(f"s{i}") for i in range(300)}
         assert (await readyz(node))[0] == 200
-        assert await node.app[BROKER].members("storm") == [{"userId": "watcher", "name": "watcher"}]
+        assert await node.app[BROKER].members("storm") == [
+            {"userId": uid_of("watcher"), "name": "watcher"}
+        ]
         for ws in socks:
             await ws.close()
 

@@ -28,7 +28,7 @@ from .console import BEARER, TOKEN
 from .procs import Node
 from .redis_server import RedisServer
 from .test_redis_faults import ROOM_CHANNEL, members_in_r
-from .util import connect, join, recv, recv_type, until
+from .util import anon, connect, join, recv, recv_type, uid_of, until
 
 # Ends of a shutdown that are not the grace's: the interpreter's exit after the loop closes
 # and the test's own observation of it. Measured 0.1-0.2 s here (see the test's print).
@@ -39,7 +39,7 @@ async def ws_to(
     session: aiohttp.ClientSession, node: Node, name: str, *rooms: str
 ) -> aiohttp.ClientWebSocketResponse:
     """A client of the process `node`, joined to `rooms`."""
-    ws = await session.ws_connect(f"{node.url}/ws", params={"name": name})
+    ws = await session.ws_connect(f"{node.url}/ws", params=anon(name))
     assert (await ws.receive_json(timeout=5))["type"] == "welcome"
     for room in rooms:
         await join(ws, room)
@@ -70,13 +70,14 @@ async def test_sigterm_with_redis_stopped_ends_within_grace(
     n2 = await Node.start(env, ready_path="/readyz")
     assert redis_server.proc is not None
     redis_pid = redis_server.proc.pid
-    users = {"bob0", "bob1", "bob2"}
+    names = ("bob0", "bob1", "bob2")
+    users = {uid_of(n) for n in names}
     stopped = False
     try:
         alice, _ = await connect(n1, "alice")
         await join(alice, "lobby")
         async with aiohttp.ClientSession() as session:
-            _bobs = [await ws_to(session, n2, user, "lobby", "side") for user in sorted(users)]
+            _bobs = [await ws_to(session, n2, user, "lobby", "side") for user in names]
             online = [await recv_type(alice, "presence") for _ in users]
             assert {f["userId"] for f in online} == users, online
 
@@ -95,7 +96,7 @@ async def test_sigterm_with_redis_stopped_ends_within_grace(
             try:
                 async with asyncio.timeout(ttl + 3):
                     while (
-                        await r.hkeys("gochat:presence_names:lobby") != [b"alice"]
+                        await r.hkeys("gochat:presence_names:lobby") != [uid_of("alice").encode()]
                         or await r.hkeys("gochat:presence_names:side")
                         or await r.sismember("gochat:nodes", "n2")
                     ):
@@ -118,7 +119,7 @@ async def test_sigterm_with_redis_stopped_ends_within_grace(
     assert err.count("left to the other nodes' reaper") == 1, err
     assert reaped <= ttl
     await until(lambda: n1.app[BROKER].ready, what="n1 ready again")
-    assert await n1.app[BROKER].members("lobby") == [{"userId": "alice", "name": "alice"}]
+    assert await n1.app[BROKER].members("lobby") == [{"userId": uid_of("alice"), "name": "alice"}]
 
 
 # --- 1. a forged `since` ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from gochat.config import Settings
 
 TIMEOUT = 5.0
+ANY_UID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 ROOT = Path(__file__).resolve().parent.parent  # the repository's root
 
 Chat = TestClient[Any, Any]  # a client on one in-process gochat app (a "node")
@@ -26,13 +28,27 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def uid_of(name: str) -> str:
+    """The `uid` `connect` sends for an anonymous `name`: one user per name, as a browser
+    keeps one id across its tabs."""
+    return f"user-{name}".ljust(8, "_")
+
+
+def anon(name: str) -> dict[str, str]:
+    """The query of an anonymous user called `name` whose id is `uid_of(name)`."""
+    return {"name": name, "uid": uid_of(name)}
+
+
 async def connect(
     client: TestClient[Any, Any], name: str | None = None, **query: str
 ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
-    """Open /ws and return the socket and its `welcome` frame."""
+    """Open /ws and return the socket and its `welcome` frame. With a `name` that can be
+    part of a uid and no `uid` of its own, the user's id is `uid_of(name)`."""
     params = dict(query)
     if name is not None:
         params["name"] = name
+        if "uid" not in params and "token" not in params and ANY_UID.fullmatch(uid_of(name)):
+            params["uid"] = uid_of(name)
     ws = await client.ws_connect("/ws", params=params)
     welcome = await recv(ws)
     assert welcome["type"] == "welcome", welcome

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # Reserved for the server and operator notices: an anonymous user cannot take them.
 RESERVED_NAMES = frozenset({"system", "admin", "operator", "moderator", "gochat"})
 RATE_GRACE = 5.0  # seconds over the rate after the first rate_limited before close 1008
+# An anonymous user's id, chosen by the client (a browser keeps one in local storage)
+ANON_UID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 def origin_allowed(request: web.Request, settings: Settings) -> bool:
@@ -56,6 +58,19 @@ def display_name(raw: str | None) -> str:
     if name.casefold() in RESERVED_NAMES:
         raise web.HTTPBadRequest(text=f"the name {name!r} is reserved")
     return name
+
+
+def anonymous_uid(raw: str | None) -> str:
+    """The `uid` query parameter checked, or a fresh one: an anonymous user's identity.
+
+    Tabs of one browser share it, so they are one member of a room, and the display name
+    is only a name: renaming keeps the user, and two people who pick one name stay two.
+    """
+    if raw is None:
+        return secrets.token_urlsafe(16)
+    if ANON_UID.fullmatch(raw) is None:
+        raise web.HTTPBadRequest(text="uid must be 8-64 characters of A-Z a-z 0-9 _ -")
+    return raw
 
 
 async def chat_ws(request: web.Request) -> web.StreamResponse:
@@ -88,10 +103,9 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
             ident.expires,
         )
     else:
-        # Anonymous: the display name is the identity, so two tabs of one person (the client
-        # keeps its name) are one member of a room.
+        # Anonymous: the id the client keeps (or a fresh one), and a name for display
         name = display_name(request.query.get("name"))
-        user_id = name
+        user_id = anonymous_uid(request.query.get("uid"))
 
     fast = request.app[FAST_PATHS]
     ws = fast.new_socket(
