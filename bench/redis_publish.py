@@ -82,8 +82,8 @@ async def main(publishers: int, messages: int, rounds: int) -> None:
 
         async def unbatched(room: str, suffix: bytes) -> object:
             script = broker.commands.scripts["publish"]
-            key = broker.commands.key("history:", room)
-            return await script(keys=[key], args=broker.publisher.publish_args(room, suffix))
+            keys = broker.publisher.publish_keys(room)
+            return await script(keys=keys, args=broker.publisher.publish_args(room, suffix))
 
         results: dict[str, list[tuple[float, float, float]]] = {"batched": [], "per message": []}
         for r in range(rounds):

@@ -32,7 +32,9 @@ class HeldBroker(MemoryBroker):
         self.held: list[asyncio.Future[bytes]] = []
 
     # the Broker contract lets submit return a future (Redis); MemoryBroker's returns the id
-    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:  # type: ignore[override]
+    def submit(  # type: ignore[override]
+        self, room: str, suffix: bytes, dedupe: bytes | None = None
+    ) -> asyncio.Future[bytes]:
         self._check()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.held.append(fut)

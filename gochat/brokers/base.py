@@ -97,6 +97,20 @@ class BrokerUnavailable(Exception):
     """The broker cannot take this request now; the caller answers `unavailable`."""
 
 
+class Repeat(bytes):
+    """What `submit` answers instead of an id for a chat whose sender already published its
+    `cid` in that room within the history window: the wire JSON of that first message (same
+    id), for the sender alone. Nothing was published."""
+
+    __slots__ = ()
+
+
+def dedupe_key(user_id: str, cid: str) -> bytes:
+    """The key under which a room remembers which (user, cid) it has published, unambiguous
+    whatever either holds."""
+    return f"{len(user_id)}:{user_id}{cid}".encode()
+
+
 def chat_suffix(fields: dict[str, Any]) -> bytes:
     """The part of a chat message after its id: `wire = CHAT_PREFIX + id + suffix`.
 
@@ -104,6 +118,12 @@ def chat_suffix(fields: dict[str, Any]) -> bytes:
     once without it and the id is spliced in, in Python or in a Lua script alike.
     """
     return b'",' + encode(fields)[1:]
+
+
+def repeat_id(wire: bytes) -> bytes:
+    """The id in a chat message's wire JSON (CHAT_PREFIX + id + suffix)."""
+    start = len(CHAT_PREFIX)
+    return wire[start : wire.index(b'"', start)]
 
 
 def chat_envelope(msg_id: bytes, wire: bytes) -> bytes:
@@ -174,7 +194,9 @@ class Broker(ABC):
         """Stop receiving `room` (called when its last local member leaves)."""
 
     @abstractmethod
-    def submit(self, room: str, suffix: bytes) -> bytes | asyncio.Future[bytes]:
+    def submit(
+        self, room: str, suffix: bytes, dedupe: bytes | None = None
+    ) -> bytes | asyncio.Future[bytes]:
         """Start publishing a chat message: give it an id, append it to the room's history
         and deliver it to every subscribed node, atomically. `suffix` is the message
         serialised once without `type` and `id` (`chat_suffix(fields)`): wire =
@@ -183,14 +205,19 @@ class Broker(ABC):
         id, or BrokerUnavailable; raises BrokerUnavailable at once when the broker cannot
         take requests.
 
+        With `dedupe` (`dedupe_key(userId, cid)`), in the same atomic step: when the room's
+        kept history still holds the message first published under that key, nothing is
+        published and the answer is a `Repeat` of that message instead of an id.
+
         Messages submitted one after another by this node are published in that order, so
         a client's messages keep theirs although its reader does not wait for each.
         """
 
-    async def publish(self, room: str, suffix: bytes) -> str:
-        """`submit` and wait: the message's id."""
-        pending = self.submit(room, suffix)
-        return (pending if isinstance(pending, bytes) else await pending).decode()
+    async def publish(self, room: str, suffix: bytes, dedupe: bytes | None = None) -> str:
+        """`submit` and wait: the message's id (for a `Repeat`, the first message's)."""
+        pending = self.submit(room, suffix, dedupe)
+        answer = pending if isinstance(pending, bytes) else await pending
+        return repeat_id(answer).decode() if isinstance(answer, Repeat) else answer.decode()
 
     @abstractmethod
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:

@@ -14,6 +14,7 @@ from .base import (
     Broker,
     BrokerUnavailable,
     History,
+    Repeat,
     presence_envelope,
 )
 
@@ -32,10 +33,13 @@ EVICTION_LOG_EVERY = 1000
 
 
 class _Room:
-    __slots__ = ("history", "users")
+    __slots__ = ("cids", "history", "users")
 
     def __init__(self) -> None:
         self.history: deque[tuple[bytes, bytes]] = deque()
+        # dedupe_key(userId, cid) -> the id first published under it; an entry whose
+        # message left the history is stale (pruned once there are twice as many as kept)
+        self.cids: dict[bytes, bytes] = {}
         # userId -> (name, connection ids): a user is online while the set is non-empty
         self.users: dict[str, tuple[str, set[str]]] = {}
 
@@ -127,13 +131,22 @@ class MemoryBroker(Broker):
         if not self.ready:
             raise BrokerUnavailable(f"broker {self.reason}")
 
-    def submit(self, room: str, suffix: bytes) -> bytes:
+    def submit(self, room: str, suffix: bytes, dedupe: bytes | None = None) -> bytes:
         # published before it returns (delivered synchronously, in submission order): the id
         self._check()
+        if dedupe is not None and self.history_size:
+            first = self._first(room, dedupe)
+            if first is not None:
+                return first
         bid = self._next_id()
         wire = CHAT_PREFIX + bid + suffix
         if self.history_size:
             r = self._rooms.get(room) or self._room(room)
+            if dedupe is not None:
+                r.cids[dedupe] = bid
+                if len(r.cids) > 2 * self.history_size:
+                    kept = {msg_id for msg_id, _ in r.history}
+                    r.cids = {k: v for k, v in r.cids.items() if v in kept}
             h = r.history
             if len(h) >= self.history_size:  # a full ring: its oldest message makes way
                 cost = len(wire) - len(h.popleft()[1])
@@ -151,6 +164,18 @@ class MemoryBroker(Broker):
             self.listener.fan_out(room, CHAT, bid, wire)
         return bid
 
+    def _first(self, room: str, dedupe: bytes) -> Repeat | None:
+        """The message first published under `dedupe` in `room`, while its history holds it."""
+        r = self._rooms.get(room)
+        first = r.cids.get(dedupe) if r is not None else None
+        if r is None or first is None:
+            return None
+        for msg_id, wire in reversed(r.history):  # a repeat is rare: a scan is fine
+            if msg_id == first:
+                return Repeat(wire)
+        del r.cids[dedupe]
+        return None
+
     def _evict(self, room: str) -> None:
         """Back within the budget after a publish to `room` (the newest in `_kept`): the
         least recently active rooms' whole history first; `room`'s oldest messages only
@@ -161,6 +186,7 @@ class MemoryBroker(Broker):
             h = r.history
             self.held_bytes -= ROOM_OVERHEAD + ENTRY_OVERHEAD * len(h) + sum(len(w) for _, w in h)
             h.clear()
+            r.cids.clear()
             self._forget_if_empty(name)
             self.evicted_rooms += 1
             if self.evicted_rooms % EVICTION_LOG_EVERY == 1:

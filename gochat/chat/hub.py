@@ -53,7 +53,7 @@ class Hub:
         self.closing = False
         self._shutdown_deadline: float | None = None
         self.memberships = Memberships(settings, broker, tap, self.send, self.send_frame)
-        self.publisher = Publisher(settings, broker, tap, self.stats, self.send_error)
+        self.publisher = Publisher(settings, broker, tap, self.stats, self.send_error, self.send)
         self.delivery = Delivery(
             self.memberships, self.outbox, broker, tap, self.stats, self.drop, self._is_closing
         )

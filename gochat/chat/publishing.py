@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..brokers.base import CHAT_PREFIX, Broker, BrokerUnavailable, chat_suffix
+from ..brokers.base import CHAT_PREFIX, Broker, BrokerUnavailable, Repeat, chat_suffix, dedupe_key
 from ..config import Settings
 from ..events import EventTap
 from ..protocol import ErrorCode, ProtocolError, check_room
@@ -33,12 +33,14 @@ class Publisher:
         tap: EventTap,
         stats: ChatStats,
         send_error: Callable[[Client, ProtocolError], None],
+        send: Callable[[Client, bytes], None],
     ) -> None:
         self.settings = settings
         self.broker = broker
         self.tap = tap
         self.stats = stats
         self.send_error = send_error
+        self.send = send
 
     async def say(self, client: Client, room: str, text: str, cid: str | None = None) -> None:
         """Publish a chat message from `client` to `room`.
@@ -86,11 +88,13 @@ class Publisher:
             "text": text,
             "ts": time.time_ns() // 1_000_000,
         }
+        dedupe = None
         if cid is not None:
             fields["cid"] = cid
+            dedupe = dedupe_key(client.user_id, cid)
         suffix = chat_suffix(fields)  # serialised once: the broker and the tap share it
         try:
-            pending = self.broker.submit(room, suffix)
+            pending = self.broker.submit(room, suffix, dedupe)
         except BrokerUnavailable as exc:
             raise ProtocolError.unavailable(exc, ref) from None
         if isinstance(pending, bytes):  # its id: published already (the in-memory broker)
@@ -112,7 +116,12 @@ class Publisher:
         self._published(client, room, suffix, done.result())
 
     def _published(self, client: Client, room: str, suffix: bytes, msg_id: bytes) -> None:
-        """A chat message of `client` is published: count it, and show it on the tap."""
+        """A chat message of `client` is published: count it, and show it on the tap. A
+        `Repeat` (its cid was published before) goes back to the sender alone."""
+        if type(msg_id) is Repeat:
+            self.stats.repeated += 1
+            self.send(client, msg_id)
+            return
         self.stats.published += 1
         if self.tap.active:  # here, not in deliver: once per message, with the sender's address
             wire = CHAT_PREFIX + msg_id + suffix

@@ -18,6 +18,7 @@ class ChatStats:
     messages_in_closed: int = 0  # frames received from connections that have closed
     inline: int = 0  # chat frames handled in aiohttp's data callback (aiohttp_internals)
     published: int = 0  # chat messages of local clients that the broker published
+    repeated: int = 0  # chat messages not published again: their cid was (sent once)
     delivered: int = 0  # room messages (chat and presence) handed to local members
     bad_envelopes: int = 0  # malformed broker messages dropped before any client
     slow_consumer_closes: int = 0  # 1013: unsent bytes over GOCHAT_SEND_BUFFER

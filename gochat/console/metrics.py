@@ -116,6 +116,12 @@ class HubCollector(Collector):
             value=stats.published,
         )
         yield CounterMetricFamily(
+            "gochat_messages_repeated",
+            "Chat messages not published again because their sender had published their cid "
+            "in that room already (answered with the first message)",
+            value=stats.repeated,
+        )
+        yield CounterMetricFamily(
             "gochat_room_messages_delivered",
             "Room messages (chat and presence) handed to this node's members",
             value=stats.delivered,

@@ -154,9 +154,11 @@ class RedisBroker(Broker):
     async def unsubscribe(self, room: str) -> None:
         await self.subscriber.unsubscribe(room)
 
-    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
+    def submit(
+        self, room: str, suffix: bytes, dedupe: bytes | None = None
+    ) -> asyncio.Future[bytes]:
         """Queue a chat message for the publish script; see Publisher.submit."""
-        return self.publisher.submit(room, suffix)
+        return self.publisher.submit(room, suffix, dedupe)
 
     async def history(self, room: str, since: str | None) -> tuple[History, bool | None]:
         r = self.commands.usable()

@@ -8,10 +8,10 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
-from ..base import CHAT_PREFIX, BrokerUnavailable
+from ..base import CHAT_PREFIX, BrokerUnavailable, Repeat
 from .connection import COMMAND_TIMEOUT, UNREACHABLE, Commands, cancel_all, log, reason
 
-Batch = list[tuple[str, bytes, asyncio.Future[bytes]]]
+Batch = list[tuple[str, bytes, bytes | None, asyncio.Future[bytes]]]
 
 
 class Publisher:
@@ -28,7 +28,9 @@ class Publisher:
         self._batches: set[asyncio.Task[None]] = set()
         self.round_trips = 0
 
-    def submit(self, room: str, suffix: bytes) -> asyncio.Future[bytes]:
+    def submit(
+        self, room: str, suffix: bytes, dedupe: bytes | None = None
+    ) -> asyncio.Future[bytes]:
         """Queue a chat message for the publish script (XADD + PUBLISH); see Broker.submit.
 
         Group commit: what is submitted in one tick goes in one round trip, and while a
@@ -43,7 +45,7 @@ class Publisher:
         self._commands.usable()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
-        self._outgoing.append((room, suffix, fut))
+        self._outgoing.append((room, suffix, dedupe, fut))
         if not self._publishing and not self._send_scheduled:
             self._send_scheduled = True
             loop.call_soon(self._send_outgoing)
@@ -77,18 +79,17 @@ class Publisher:
             if self._commands.stopped:
                 raise BrokerUnavailable("stopped")
             if len(batch) == 1:
-                room, suffix, _ = batch[0]
+                room, suffix, dedupe, _ = batch[0]
                 results: list[Any] = [
                     await self._commands.scripts["publish"](
-                        keys=[self._commands.key("history:", room)],
-                        args=self.publish_args(room, suffix),
+                        keys=self.publish_keys(room), args=self.publish_args(room, suffix, dedupe)
                     )
                 ]
             else:
                 results = await self._pipeline_publish(batch)
         except BaseException as exc:
             failure = self._unavailable(exc)
-            for _, _, fut in batch:
+            for *_, fut in batch:
                 if not fut.done():
                     fut.set_exception(failure)
             if not isinstance(exc, Exception):
@@ -97,11 +98,13 @@ class Publisher:
         finally:
             self._publishing = False
             self._send_outgoing()
-        for (_, _, fut), result in zip(batch, results, strict=True):
+        for (*_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue
             if isinstance(result, BaseException):
                 fut.set_exception(self._unavailable(result))
+            elif isinstance(result, list):  # {id, suffix}: that cid was published already
+                fut.set_result(Repeat(CHAT_PREFIX + result[0] + result[1]))
             else:
                 fut.set_result(result)
 
@@ -129,9 +132,9 @@ class Publisher:
         for attempt in (1, 2):
             async with redis.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    room, suffix, _ = batch[i]
-                    key = self._commands.key("history:", room)
-                    pipe.evalsha(script.sha, 1, key, *self.publish_args(room, suffix))
+                    room, suffix, dedupe, _ = batch[i]
+                    args = self.publish_args(room, suffix, dedupe)
+                    pipe.evalsha(script.sha, 2, *self.publish_keys(room), *args)
                 answers = await pipe.execute(raise_on_error=False)
             for i, answer in zip(todo, answers, strict=True):
                 results[i] = answer
@@ -142,8 +145,13 @@ class Publisher:
             await redis.script_load(script.script)
         return results
 
-    def publish_args(self, room: str, suffix: bytes) -> list[Any]:
-        """The publish script's arguments for one message (its key: history:<room>)."""
+    def publish_keys(self, room: str) -> list[str]:
+        """The publish script's keys for `room`: its stream and its cids hash."""
+        return [self._commands.key("history:", room), self._commands.key("cids:", room)]
+
+    def publish_args(self, room: str, suffix: bytes, dedupe: bytes | None = None) -> list[Any]:
+        """The publish script's arguments for one message (no dedupe without history)."""
         size = self._history_size
         channel = self._commands.room_channel(room)
-        return ["~" if size else "=", size, suffix, channel, CHAT_PREFIX, self._history_ttl_ms]
+        key = dedupe if dedupe is not None and size else b""
+        return ["~" if size else "=", size, suffix, channel, CHAT_PREFIX, self._history_ttl_ms, key]

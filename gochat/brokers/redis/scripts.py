@@ -5,6 +5,8 @@ Keys and channels (P is the configurable prefix, default `gochat:`):
     P room:{room}             channel: the room's envelopes (`c<id>` chat, `p<userId>` presence)
     P history:{room}          stream: chat suffixes, MAXLEN ~ GOCHAT_HISTORY; entry id = message id;
                               expires GOCHAT_HISTORY_TTL after the room's last message
+    P cids:{room}             hash: dedupe key (userId, cid) -> id of the message published
+                              under it (kept while the stream may hold it; expires with it)
     P presence:{room}         hash: connection id -> userId (connection ids are `{node}/{n}`)
     P presence_users:{room}   hash: userId -> connections in the room, cluster-wide
     P presence_names:{room}   hash: userId -> display name (the room's members)
@@ -17,7 +19,7 @@ Keys and channels (P is the configurable prefix, default `gochat:`):
 A user's `online` is published when their count in a room goes from 0 to 1, and `offline`
 when it returns to 0, inside the script that changes the count: exactly once per cluster.
 The presence scripts build key names from the prefix, so they need a single Redis (or a
-cluster with every key in one slot); the publish script declares its key.
+cluster with every key in one slot); the publish script declares its keys.
 """
 
 from __future__ import annotations
@@ -27,12 +29,43 @@ from __future__ import annotations
 # and lives GOCHAT_HISTORY_TTL after the room's last message (the TTL is set again by each
 # publish, in this same call: no extra round trip); a room gone quiet for that long has no
 # history left, and a `since` into it is answered `recovered: false`.
-# KEYS[1] stream; ARGV: trim operator (~ or =), maxlen, chat suffix, channel, chat prefix,
-# TTL in ms (0: the stream never expires)
+# Sent once: with a dedupe key (userId and cid), a message whose key the room's cids hash
+# maps to an id its stream still holds is not published again; the answer is {id, suffix}
+# of that first message. The hash is pruned of ids older than the stream's first once it
+# holds twice as many keys as the stream holds entries (MAXLEN ~ may keep more than
+# GOCHAT_HISTORY), and expires with the stream.
+# KEYS[1] stream, KEYS[2] cids hash; ARGV: trim operator (~ or =), maxlen, chat suffix,
+# channel, chat prefix, TTL in ms (0: the stream never expires), dedupe key ('' for none)
 PUBLISH = """
+local key = ARGV[7]
+if key ~= '' then
+  local first = redis.call('HGET', KEYS[2], key)
+  if first then
+    local e = redis.call('XRANGE', KEYS[1], first, first)
+    if #e > 0 then return {first, e[1][2][2]} end
+  end
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 's', ARGV[3])
 if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 redis.call('PUBLISH', ARGV[4], 'c' .. id .. '\\n' .. ARGV[5] .. id .. ARGV[3])
+if key ~= '' then
+  redis.call('HSET', KEYS[2], key, id)
+  if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
+  local held = math.max(tonumber(ARGV[2]), redis.call('XLEN', KEYS[1]))
+  if redis.call('HLEN', KEYS[2]) > 2 * held then
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+    local function parts(i)
+      local dash = string.find(i, '-', 1, true)
+      return tonumber(string.sub(i, 1, dash - 1)), tonumber(string.sub(i, dash + 1))
+    end
+    local oms, oseq = parts(oldest)
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      local ms, seq = parts(all[i + 1])
+      if ms < oms or (ms == oms and seq < oseq) then redis.call('HDEL', KEYS[2], all[i]) end
+    end
+  end
+end
 return id
 """
 
