@@ -26,6 +26,7 @@ class Client:
         "user_id",
         "name",
         "remote",
+        "user_agent",
         "ws",
         "transport",
         "fd",
@@ -55,11 +56,13 @@ class Client:
         transport: asyncio.Transport | None,
         allowed_rooms: frozenset[str] | None = None,
         fd: int = -1,
+        user_agent: str = "",
     ) -> None:
         self.id = conn_id
         self.user_id = user_id
         self.name = name
         self.remote = remote
+        self.user_agent = user_agent  # for the console's detail view (interned: shared)
         self.ws = ws
         self.transport = transport
         # the socket outbox.Outbox writes to itself when the transport holds nothing, or -1

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import secrets
+import sys
 import time
 
 from aiohttp import WSMsgType, web
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # Reserved for the server and operator notices: an anonymous user cannot take them.
 RESERVED_NAMES = frozenset({"system", "admin", "operator", "moderator", "gochat"})
+MAX_AGENT = 256  # characters of a User-Agent kept for the console
 RATE_GRACE = 5.0  # seconds over the rate after the first rate_limited before close 1008
 # An anonymous user's id, chosen by the client (a browser keeps one in local storage)
 ANON_UID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -129,6 +131,8 @@ async def chat_ws(request: web.Request) -> web.StreamResponse:
         transport,
         allowed_rooms,
         fd=fast.direct_fd(transport),
+        # most connections share a handful of agents: one string each, not one per socket
+        user_agent=sys.intern(request.headers.get("User-Agent", "")[:MAX_AGENT]),
     )
     hub.connect(client)
     loop = asyncio.get_running_loop()

@@ -13,6 +13,8 @@ channel; envelopes start with `e` (event) or `c` (control).
 Snapshot scope: the nodes table covers the whole cluster (`broker.nodes()`); the connection
 and room tables list this node's connections and rooms (members counted cluster-wide),
 since a node can only enumerate its own sockets. Each node's row says how many it holds.
+The charts' samples (load.py) are taken by the same ticker and sent to the viewers that
+asked for them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..config import Settings
 from ..events import Event, EventFilter, EventTap, Feed, loggable
 from ..protocol import CloseCode, ErrorCode, ProtocolError, check_room, has_bad_chars
 from .auth import ConsoleAuth
+from .load import SAMPLE_EVERY, LoadMeter, LoadRing, Sample, cluster_sample
 from .tables import Tables
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ SEND_INTERVAL = 0.05  # a viewer gets at most one frame per this many seconds
 RATE_WINDOW = 5  # seconds over which a room's messages per second are averaged
 SYSTEM_USER = "system"
 MAX_REASON_BYTES = 120  # a WebSocket close reason must fit in 123 bytes
+TICK = 1.0  # seconds between ticks
+SAMPLES_QUEUED = 30  # samples held for a viewer that is not reading (a minute)
 
 
 def rss_bytes() -> int:
@@ -68,16 +73,52 @@ def clip_reason(reason: str) -> str:
     return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
+Batch = tuple[list[dict[str, Any]], int, list[Sample]]
+"""What a viewer is sent at once: event lines, how many it lost, chart samples."""
+
+
 @dataclass(eq=False)
 class Viewer:
     """One console watching the event stream, over a WebSocket or (`ws` None) Server-Sent
-    Events, whose handler ends the stream when `closing` is set and sets `ended` when done."""
+    Events, whose handler ends the stream when `closing` is set and sets `ended` when done.
+    A viewer that `wants_samples` also gets each chart sample (they bypass the filter)."""
 
     ws: web.WebSocketResponse | None
     feed: Feed = field(default_factory=lambda: Feed(FEED_SIZE))
     filter: EventFilter = field(default_factory=EventFilter)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    wants_samples: bool = False
+    samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=SAMPLES_QUEUED))
+    _sampled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push_sample(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        self._sampled.set()
+
+    async def take(self) -> Batch:
+        """Wait for lines or a sample; return what is queued of both."""
+        if not self.wants_samples:
+            return (*await self.feed.take(), [])
+        events: list[dict[str, Any]] = []
+        dropped = 0
+        if not self.samples:
+            take = asyncio.ensure_future(self.feed.take())
+            sampled = asyncio.ensure_future(self._sampled.wait())
+            try:
+                await asyncio.wait((take, sampled), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sampled.cancel()
+                if not take.done():
+                    take.cancel()  # before it took anything: the lines stay queued
+                    with suppress(asyncio.CancelledError):
+                        await take
+            if take.done() and not take.cancelled():
+                events, dropped = take.result()
+        self._sampled.clear()
+        samples = list(self.samples)
+        self.samples.clear()
+        return events, dropped, samples
 
     async def close(self) -> None:
         """On shutdown: close 1001 (WebSocket) or a last `close` event (SSE, its handler's)."""
@@ -105,7 +146,10 @@ class Console:
         self._announced = 0.0
         self._sharing = False
         self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=RATE_WINDOW + 1)
-        self.tables = Tables(settings, hub, broker, self.room_rate, self.node_info)
+        self.meter = LoadMeter()
+        self.load = LoadRing()
+        self._next_sample = 0.0
+        self.tables = Tables(settings, hub, broker, self.room_rate, self.node_info, self.user_agent)
         broker.attach_cluster(self)
 
     # --- cluster events channel ----------------------------------------------------------
@@ -196,14 +240,38 @@ class Console:
             return 0.0
         return max(0, last.get(room, 0) - first.get(room, 0)) / (t1 - t0)
 
+    async def sample(self, now: float) -> Sample:
+        """Every SAMPLE_EVERY seconds: this node's rates, then the cluster's load (every
+        live node's figures, summed) into the ring and to the viewers that want it."""
+        self.meter.read(now, self.hub.stats.published, self.hub.frames_out)
+        try:
+            async with asyncio.timeout(self.load.every / 2):  # a hung Redis skips a beat
+                nodes = await self.tables.nodes()
+        except TimeoutError:
+            nodes = [{"id": self.node_id, **self.node_info()}]
+        sample = cluster_sample(now, nodes)
+        self.load.add(sample)
+        for viewer in self.viewers:
+            if viewer.wants_samples:
+                viewer.push_sample(sample)
+        return sample
+
     @asynccontextmanager
     async def ticker_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: the once-a-second tick, kept and awaited on shutdown."""
+        """cleanup_ctx: the once-a-second tick and the charts' samples, kept and awaited
+        on shutdown."""
 
         async def run() -> None:
             while True:
-                self.tick(time.time())
-                await asyncio.sleep(1.0)
+                now = time.time()
+                self.tick(now)
+                if now >= self._next_sample:
+                    self._next_sample = now + SAMPLE_EVERY - TICK / 2
+                    try:
+                        await self.sample(now)
+                    except Exception:  # a chart must never stop the WATCH announcements
+                        log.exception("console: the load sample failed")
+                await asyncio.sleep(TICK)
 
         task = asyncio.get_running_loop().create_task(run())
         yield
@@ -257,8 +325,9 @@ class Console:
         self._control("KICK_REQUEST", conn=conn_id, reason=reason, by=by)
         return "sent"
 
-    async def notice(self, room: str, text: str, by: str) -> str:
-        """Say `text` in `room` as the system user, to every member on every node."""
+    async def notice(self, room: str, text: str, by: str) -> tuple[str, int]:
+        """Say `text` in `room` as the system user, to every member on every node: the
+        message id and how many members the room had (cluster-wide, users)."""
         check_room(room, "notice")
         text = text.strip()
         if not text:
@@ -276,6 +345,7 @@ class Console:
             "system": True,  # a user may call themselves "system"; clients can tell
         }
         try:
+            members = (await self.broker.member_counts([room])).get(room, 0)
             msg_id = await self.broker.publish(room, chat_suffix(fields))
         except BrokerUnavailable as exc:
             raise ProtocolError.unavailable(exc, "notice") from None
@@ -291,7 +361,17 @@ class Console:
             room=room,
             user=SYSTEM_USER,
         )
-        return msg_id
+        return msg_id, members
+
+    async def members(self, room: str) -> dict[str, Any]:
+        """A room's member count, cluster-wide (users), and this node's connections in it."""
+        check_room(room, "room")
+        try:
+            counts = await self.broker.member_counts([room])
+        except BrokerUnavailable as exc:
+            raise ProtocolError.unavailable(exc, "room") from None
+        local = len(self.hub.rooms.get(room, ()))
+        return {"room": room, "members": counts.get(room, 0), "local": local}
 
     def logout(self, sid: str, expires: float) -> None:
         self.auth.revoke(sid, expires, time.time())
@@ -309,4 +389,12 @@ class Console:
             "rss": rss_bytes(),
             "reason": self.broker.reason,
             "viewers": len(self.viewers),
+            "msg_rate": round(self.meter.messages, 2),
+            "delivery_rate": round(self.meter.deliveries, 2),
         }
+
+    # --- user agents ---------------------------------------------------------------------
+
+    def user_agent(self, client: Client) -> str | None:
+        """The connection's User-Agent, None when it sent none."""
+        return client.user_agent or None

@@ -14,6 +14,7 @@ import time
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 import jinja2
@@ -48,8 +49,8 @@ STATIC_FILES = frozenset({"console.css", "console.js", "login.js"})
 # --- views --------------------------------------------------------------------------------
 
 
-def paging(request: web.Request, prefix: str = "") -> tuple[str, int, int]:
-    """(q, page, limit) from the query string, clamped."""
+def paging(request: web.Request, prefix: str = "") -> tuple[str, int, int, str]:
+    """(q, page, limit, sort) from the query string, clamped; the tables check `sort`."""
     query = request.query
     q = query.get(prefix + "q", "").strip()[:128]
     try:
@@ -57,18 +58,28 @@ def paging(request: web.Request, prefix: str = "") -> tuple[str, int, int]:
         limit = min(MAX_PAGE_SIZE, max(1, int(query.get(prefix + "limit", str(PAGE_SIZE)))))
     except ValueError:
         raise web.HTTPBadRequest(text="page and limit must be integers") from None
-    return q, page, limit
+    return q, page, limit, query.get(prefix + "sort", "").strip()[:32]
 
 
 async def snapshot_of(request: web.Request) -> dict[str, Any]:
+    """The snapshot; `samples=0` leaves the charts' samples out (the page asks for them
+    once, then gets each new one from the event stream)."""
     console = request.config_dict[CONSOLE]
-    return {
+    try:
+        connections = console.tables.connections(*paging(request))
+        rooms = await console.tables.rooms(*paging(request, "room_"))
+    except ValueError as exc:  # an unknown sort key
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    snap = {
         "node": console.node_id,
         "time": time.time(),
         "nodes": await console.tables.nodes(),
-        "connections": console.tables.connections(*paging(request)),
-        "rooms": await console.tables.rooms(*paging(request, "room_")),
+        "connections": connections,
+        "rooms": rooms,
     }
+    if request.query.get("samples") != "0":
+        snap["load"] = console.load.to_json()
+    return snap
 
 
 async def snapshot(request: web.Request) -> web.Response:
@@ -86,6 +97,39 @@ async def console_page(request: web.Request) -> web.Response:
         "query": request.query,
     }
     return aiohttp_jinja2.render_template("console.html", request, context)
+
+
+async def connection_page(request: web.Request) -> web.Response:
+    """`/admin/connections/{id}`: one connection of this node in detail."""
+    operator = request[OPERATOR]
+    console = request.config_dict[CONSOLE]
+    conn_id = request.match_info["conn"]
+    detail = await console.tables.connection(conn_id)
+    csrf = console.auth.csrf_token(operator.session) if operator.session is not None else ""
+    context = {"conn_id": conn_id, "c": detail, "node": console.node_id, "csrf": csrf}
+    response = aiohttp_jinja2.render_template("connection.html", request, context)
+    if detail is None:
+        response.set_status(404)
+    return response
+
+
+async def connection_api(request: web.Request) -> web.Response:
+    """`/admin/api/connections/{id}`: the same as JSON (404 when it is not on this node)."""
+    conn_id = request.match_info["conn"]
+    detail = await request.config_dict[CONSOLE].tables.connection(conn_id)
+    if detail is None:
+        return web.json_response({"error": f"no connection {conn_id} on this node"}, status=404)
+    return web.json_response(detail)
+
+
+async def room_api(request: web.Request) -> web.Response:
+    """`/admin/api/rooms/{room}`: its member count cluster-wide, before a notice."""
+    try:
+        data = await request.config_dict[CONSOLE].members(request.match_info["room"])
+    except ProtocolError as err:
+        status = 503 if err.code is ErrorCode.UNAVAILABLE else 400
+        return web.json_response({"error": err.code.value, "message": err.message}, status=status)
+    return web.json_response(data)
 
 
 async def static_file(request: web.Request) -> web.FileResponse:
@@ -140,13 +184,13 @@ async def kick(request: web.Request) -> web.Response:
 async def notice(request: web.Request) -> web.Response:
     fields, from_form = await action_body(request)
     try:
-        msg_id = await request.config_dict[CONSOLE].notice(
+        msg_id, members = await request.config_dict[CONSOLE].notice(
             fields.get("room", "").strip(), fields.get("text", ""), request[OPERATOR].addr
         )
     except ProtocolError as err:
         status = 503 if err.code is ErrorCode.UNAVAILABLE else 400
         return action_reply(from_form, status, {"error": err.code.value, "message": err.message})
-    return action_reply(from_form, 200, {"status": "sent", "id": msg_id})
+    return action_reply(from_form, 200, {"status": "sent", "id": msg_id, "members": members})
 
 
 # --- event stream -------------------------------------------------------------------------
@@ -169,12 +213,21 @@ def hello(console: Console) -> dict[str, Any]:
     return {"type": "hello", "node": console.node_id, "kinds": KINDS}
 
 
+def wants_samples(request: web.Request) -> bool:
+    """`samples=1`: the stream also carries the charts' samples."""
+    return request.query.get("samples") == "1"
+
+
 async def pump(ws: web.WebSocketResponse, viewer: Viewer) -> None:
     """Send a viewer its feed, batched; a slow browser only loses its own oldest lines."""
     with suppress(ConnectionError, RuntimeError):
         while not ws.closed:
-            events, dropped = await viewer.feed.take()
-            await ws.send_str(json.dumps({"type": "events", "events": events, "dropped": dropped}))
+            events, dropped, samples = await viewer.take()
+            if samples:
+                await ws.send_str(json.dumps({"type": "samples", "samples": samples}))
+            if events or dropped:
+                batch = {"type": "events", "events": events, "dropped": dropped}
+                await ws.send_str(json.dumps(batch))
             await asyncio.sleep(SEND_INTERVAL)
 
 
@@ -196,7 +249,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     console = request.config_dict[CONSOLE]
     ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=8192)
     await ws.prepare(request)
-    viewer = Viewer(ws, filter=query_filter(request))
+    viewer = Viewer(ws, filter=query_filter(request), wants_samples=wants_samples(request))
     await ws.send_str(json.dumps(hello(console)))
     console.add_viewer(viewer)
     task = asyncio.get_running_loop().create_task(pump(ws, viewer))
@@ -231,21 +284,22 @@ SSE_BYE = sse({"code": 1001, "reason": "server shutting down"}, "close")
 async def events_sse(request: web.Request) -> web.StreamResponse:
     """The live event stream as Server-Sent Events: a `hello` event, then one unnamed event
     per line (a `dropped` event first when the viewer's feed lost lines), a comment every
-    GOCHAT_HEARTBEAT seconds, and a `close` event (1001) on shutdown. Filters: the query."""
+    GOCHAT_HEARTBEAT seconds, and a `close` event (1001) on shutdown. Filters: the query;
+    `samples=1` adds a `sample` event per chart sample."""
     if not same_origin(request):
         raise web.HTTPForbidden(text="origin not allowed")
     settings = request.config_dict[SETTINGS]
     console = request.config_dict[CONSOLE]
     response = web.StreamResponse(headers={"X-Accel-Buffering": "no"})
     response.content_type = "text/event-stream"
-    viewer = Viewer(None, filter=query_filter(request))
+    viewer = Viewer(None, filter=query_filter(request), wants_samples=wants_samples(request))
     await response.prepare(request)
     console.add_viewer(viewer)
     closing = asyncio.ensure_future(viewer.closing.wait())
     try:
         await response.write(sse(hello(console), "hello"))
         while True:
-            take = asyncio.ensure_future(viewer.feed.take())
+            take = asyncio.ensure_future(viewer.take())
             await asyncio.wait(
                 (take, closing), timeout=settings.heartbeat, return_when=asyncio.FIRST_COMPLETED
             )
@@ -257,8 +311,9 @@ async def events_sse(request: web.Request) -> web.StreamResponse:
                     break
                 await response.write(SSE_KEEPALIVE)
                 continue
-            lines, dropped = take.result()
-            chunk = sse({"dropped": dropped}, "dropped") if dropped else b""
+            lines, dropped, samples = take.result()
+            chunk = b"".join(sse(sample, "sample") for sample in samples)
+            chunk += sse({"dropped": dropped}, "dropped") if dropped else b""
             await response.write(chunk + b"".join(sse(line) for line in lines))
             if closing.done():
                 break
@@ -309,6 +364,34 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
 
 
+def _stamp(ts: float) -> str:
+    """A time in UTC, with its date when that is not today's (the page shows local time
+    once its script runs)."""
+    when = datetime.fromtimestamp(ts, UTC)
+    if when.date() == datetime.now(UTC).date():
+        return when.strftime("%H:%M:%S UTC")
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _sort_link(query: Any, prefix: str, key: str, descending_first: bool) -> str:
+    """The query string that sorts a table by `key`: the other way round when it already
+    is, starting from the page's own query (filters and the other table kept, page reset)."""
+    params = {k: v for k, v in query.items() if k != prefix + "page"}
+    current = query.get(prefix + "sort", "")
+    if current == key:
+        params[prefix + "sort"] = "-" + key
+    elif current == "-" + key:
+        params[prefix + "sort"] = key
+    else:
+        params[prefix + "sort"] = ("-" if descending_first else "") + key
+    return "?" + urlencode(params)
+
+
+def _aria_sort(query: Any, prefix: str, key: str) -> str:
+    current = query.get(prefix + "sort", "")
+    return {key: "ascending", "-" + key: "descending"}.get(current, "none")
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
@@ -327,8 +410,10 @@ def create_admin_app() -> web.Application:
         loader=jinja2.FileSystemLoader(asset_dir("admin") / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
-        filters={"uptime": _uptime, "mib": _mib, "clock": _clock, "iso": _iso},
+        filters={"uptime": _uptime, "mib": _mib, "clock": _clock, "iso": _iso, "stamp": _stamp},
     )
+    env = aiohttp_jinja2.get_env(admin)
+    env.globals.update(sort_link=_sort_link, aria_sort=_aria_sort)
     admin.router.add_get("", console_page)
     admin.router.add_get("/", console_page)
     admin.router.add_get("/login", login_page)
@@ -338,6 +423,9 @@ def create_admin_app() -> web.Application:
     admin.router.add_get("/api/snapshot", snapshot)
     admin.router.add_post("/api/kick", kick)
     admin.router.add_post("/api/notice", notice)
+    admin.router.add_get("/api/rooms/{room}", room_api)
+    admin.router.add_get("/api/connections/{conn:.+}", connection_api)
+    admin.router.add_get("/connections/{conn:.+}", connection_page)
     admin.router.add_get("/events", events)
     admin.on_response_prepare.append(_cache_headers)
     return admin
