@@ -183,6 +183,23 @@ STORM: list[Column] = [
     ("notes", _flags),
 ]
 
+API_PUBLISH: list[Column] = [
+    ("publisher", "server"),
+    ("in flight", "concurrency"),
+    ("msg/s", "offered_rate"),
+    ("delivered/s", "delivered_rate"),
+    ("lost", "lost"),
+    ("server CPU", _pct("server_cpu_util")),
+    ("µs/message", "us_per_message"),
+    ("µs/delivery", "us_per_delivery"),
+    ("request p50 ms", "request_ms.p50"),
+    ("request p99 ms", "request_ms.p99"),
+    ("p50 ms", "latency_ms.p50"),
+    ("p99 ms", "latency_ms.p99"),
+    ("loadgen CPU", _pct("loadgen_cpu_util")),
+    ("notes", _flags),
+]
+
 
 def _runs(row: Row) -> str:
     return str(row.get("runs", 1))
@@ -237,6 +254,13 @@ def render(rows: list[Row]) -> str:
     out += ["### S4 two gochat nodes through Redis\n", table(of("S4"), fanout)]
     out += [table(ratios_of("S4"), ratio_cols)]
     out += ["### S5 join storm: 1,000 clients join one room within 1 s\n", table(of("S5"), storm)]
+    if of("API"):
+        members = of("API")[0].get("clients")
+        out += [
+            f"### API publish: server API vs WebSocket publisher, {members} members\n",
+            table(of("API"), API_PUBLISH if not repeated else [*API_PUBLISH, ("runs", _runs)]),
+            table(ratios_of("API"), ratio_cols),
+        ]
     return "\n".join(out)
 
 

@@ -11,6 +11,10 @@ Scenarios (1000 clients in one room unless said; 64-byte texts):
   S3  idle memory: 5000 connections in 500 rooms, then nothing for --idle s
   S4  two gochat nodes through a private Redis: subscribers on both, the publisher on one
   S5  join storm: 1000 connected clients join one room within one second
+  API the server API's publish rate: --api-concurrency requests in flight (aiohttp, kept
+      alive) posting to a room of --api-members WebSocket clients, then one of them
+      publishing the same messages over its WebSocket at the rate the API reached (one
+      gochat process, one run: bench/api_publish.py)
 
 Every server under test runs in its own process, started here for each run and ended after
 it, pinned to core 0; this process (the load generator) pins itself to core 1. Lines:
@@ -50,11 +54,11 @@ REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(REPO))
 
-from bench import loadgen, report  # noqa: E402
+from bench import api_publish, loadgen, report  # noqa: E402
 
 SERVER_CORE, LOADGEN_CORE = 0, 1
 RESERVED_PORTS = {8080, 6379}  # never used: a developer's own server and Redis live there
-ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5")
+ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "API")
 
 # Settings of gochat under test: no per-connection rate limit (one client publishes the whole
 # offered rate), no per-address cap (every client is 127.0.0.1), and a send buffer that a
@@ -244,11 +248,16 @@ class Deployment:
 
 @contextlib.asynccontextmanager
 async def deploy(
-    kind: str, logdir: Path, core: int | None, nodes: int = 1, ready_timeout: float = 30.0
+    kind: str,
+    logdir: Path,
+    core: int | None,
+    nodes: int = 1,
+    ready_timeout: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Deployment]:
     """Start `kind` ("gochat", "gochat-public" = gochat with GOCHAT_FAST_PATHS=0, or "naive";
-    gochat with nodes=2 adds a private Redis), yield it once it serves, and end every process
-    of it afterwards, whatever happened."""
+    gochat with nodes=2 adds a private Redis; `env`: more settings for gochat), yield it once
+    it serves, and end every process of it afterwards, whatever happened."""
     dep = Deployment([], [])
     try:
         if kind == "naive":
@@ -261,6 +270,7 @@ async def deploy(
         elif kind in ("gochat", "gochat-public"):
             # gochat-public: aiohttp's public API only, to measure what the shortcuts save
             extra = {"GOCHAT_FAST_PATHS": "0"} if kind == "gochat-public" else {}
+            extra |= env or {}
             if nodes > 1:
                 redis_bin = shutil.which("redis-server")
                 if redis_bin is None:
@@ -321,6 +331,8 @@ class Options:
     clients: int
     probes: int
     s2_rate: float
+    api_members: int
+    api_concurrency: int
     idle: float
     drain: float
     retry_noisy: int
@@ -443,6 +455,33 @@ async def run_s5(o: Options, server: str) -> dict[str, Any]:
     return await _bounded(_meta("S5", server), 200, body)
 
 
+async def run_api(o: Options) -> list[dict[str, Any]]:
+    """The API scenario: the server API's publish rate and its pair, a WebSocket publisher
+    sending the same messages at that rate, on one gochat process."""
+    core = SERVER_CORE if o.pin else None
+    key = secrets.token_urlsafe(24)
+    budget = 120 + 2 * (o.warmup + o.duration + o.drain)
+    found: list[dict[str, Any]] = []
+
+    async def body() -> dict[str, Any]:
+        async with deploy("gochat", o.logdir, core, env={"GOCHAT_API_KEY": key}) as d:
+            api, ws = await api_publish.run_api_publish(
+                d.urls[0],
+                key,
+                members=o.api_members,
+                concurrency=o.api_concurrency,
+                duration=o.duration,
+                warmup=o.warmup,
+                pids=d.pids,
+                drain_timeout=o.drain,
+            )
+        found.extend([_meta("API", "gochat-api") | api, _meta("API", "gochat-ws") | ws])
+        return {}
+
+    failed = await _bounded(_meta("API", "gochat-api"), budget, body)
+    return found if len(found) == 2 else [failed]
+
+
 # The figures compared in ratio lines, by scenario: (name in the ratio line, result field).
 _FANOUT_RATIOS = (
     ("delivered_rate", "delivered_rate"),
@@ -455,6 +494,13 @@ RATIO_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     "S2": (*_FANOUT_RATIOS, ("rss_per_conn_kb", "rss_per_conn_kb")),
     "S3": (("rss_per_conn_kb", "rss_per_conn_kb"), ("server_cpu_util", "server_cpu_util")),
     "S4": _FANOUT_RATIOS,
+    "API": (
+        ("delivered_rate", "delivered_rate"),
+        ("us_per_message", "us_per_message"),
+        ("us_per_delivery", "us_per_delivery"),
+        ("latency_p50", "latency_ms.p50"),
+        ("latency_p99", "latency_ms.p99"),
+    ),
     "S5": (
         ("settle_s", "settle_s"),
         ("frames", "frames"),
@@ -573,6 +619,19 @@ async def bench(o: Options, emit: Callable[[dict[str, Any]], None], round_no: in
                     )
                 compare(("S1", "gochat", rate), ("S1", "naive", rate))
                 compare(("S1", "gochat-public", rate), ("S1", "naive", rate))
+        elif sc == "API":
+            if "gochat" not in o.servers:
+                continue
+            log(
+                f"API: {o.api_concurrency} requests in flight to {o.api_members} members, "
+                "then a WebSocket publisher at that rate"
+            )
+            for res in await run_api(o):
+                res["attempts"] = 1
+                failures += "error" in res
+                done[(res["scenario"], res["server"], None)] = res
+                emit(res)
+            compare(("API", "gochat-api", None), ("API", "gochat-ws", None))
         elif sc == "S4":
             if "gochat" not in o.servers:
                 continue
@@ -648,7 +707,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.split("\n\n")[1:]),
     )
-    p.add_argument("--scenario", default="all", help="comma-separated S1..S5, or all")
+    p.add_argument("--scenario", default="all", help="comma-separated S1..S5, API, or all")
     p.add_argument(
         "--servers",
         default="gochat,naive",
@@ -661,6 +720,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="publishing before the window, s")
     p.add_argument("--clients", type=int, default=1000, help="clients in S1, S4, S5")
     p.add_argument("--probes", type=int, default=10, help="timing clients in S1 and S4")
+    p.add_argument("--api-members", type=int, default=50, help="WebSocket members in API")
+    p.add_argument("--api-concurrency", type=int, default=8, help="API requests in flight in API")
     p.add_argument("--idle", type=float, default=5.0, help="S3 idle time, s")
     p.add_argument("--drain", type=float, default=10.0, help="longest wait after the last send")
     p.add_argument(
@@ -743,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
             clients=args.clients,
             probes=args.probes,
             s2_rate=args.s2_rate,
+            api_members=args.api_members,
+            api_concurrency=args.api_concurrency,
             idle=args.idle,
             drain=args.drain,
             retry_noisy=args.retry_noisy,

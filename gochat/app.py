@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from .aiohttp_internals import detect, log_fast_paths
+from .api import add_api
 from .assets import asset_dir
 from .brokers import Broker, create_broker
 from .chat.client import Client
@@ -16,6 +17,8 @@ from .chat.heartbeat import PING_FRAME, Heartbeat
 from .chat.hub import Hub
 from .chat.ws import chat_ws
 from .config import Settings
+from .console.auth import LoginThrottle
+from .console.keys import CONSOLE
 from .console.views import add_admin
 from .events import EventTap
 from .keys import BROKER, FAST_PATHS, FIRST_FRAME, HUB, SETTINGS, TAP
@@ -148,6 +151,7 @@ def create_app(
 
     app.cleanup_ctx.append(broker_ctx)
     add_admin(app)  # after broker_ctx: the console's ticker stops before the broker
+    add_api(app, app[CONSOLE], LoginThrottle())  # /api: its kick and notice are the console's
     app.on_shutdown.append(shutdown_clients)
     app.on_response_prepare.append(_security_headers)
     return app

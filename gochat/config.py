@@ -43,6 +43,13 @@ OPTIONS: tuple[Option, ...] = (
         "--admin-token",
     ),
     Option(
+        "api_key",
+        "GOCHAT_API_KEY",
+        "secret of the server HTTP API under /api (Authorization: Bearer); unset: the API is "
+        "off and every /api path answers 404",
+        "--api-key",
+    ),
+    Option(
         "allowed_origins",
         "GOCHAT_ALLOWED_ORIGINS",
         "comma-separated extra origins allowed to open /ws",
@@ -169,6 +176,7 @@ class Settings(BaseModel):
     port: int = Field(8080, ge=0, le=65535)
     redis_url: str | None = None
     admin_token: str | None = None
+    api_key: str | None = Field(None, repr=False)  # a secret: kept out of repr and logs
     allowed_origins: tuple[str, ...] = ()
     history: int = Field(100, ge=0, le=100_000)
     history_budget: int = Field(64, ge=0, le=1_048_576)
@@ -202,7 +210,7 @@ class Settings(BaseModel):
             return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
         return value
 
-    @field_validator("redis_url", "admin_token", "auth_secret", mode="before")
+    @field_validator("redis_url", "admin_token", "api_key", "auth_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

@@ -1,5 +1,7 @@
 """The layout's rules, read from the imports: the chat never loads the console, the brokers load
-neither, and only app.py wires the parts together (docs/architecture.md)."""
+neither, the server API (api/) and the console never load each other, nothing of the chat,
+the brokers or the console loads the API, the client library (client/) loads nothing but
+itself, and only app.py wires the parts together (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -72,6 +74,12 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
                 for m in sorted(reach)
                 if in_part(m, "console") or in_part(m, "chat")
             ]
+        if in_part(module, "api"):
+            found += [f"{module} -> {m}" for m in sorted(reach) if in_part(m, "console")]
+        if any(in_part(module, part) for part in ("chat", "brokers", "console")):
+            found += [f"{module} -> {m}" for m in sorted(reach) if in_part(m, "api")]
+        if in_part(module, "client"):  # a client of any server: it never drags one in
+            found += [f"{module} -> {m}" for m in sorted(reach) if not in_part(m, "client")]
         direct = graph[module]
         if module != "gochat.app" and not in_part(module, "console"):
             found += [f"{module} -> {m} (only app.py)" for m in direct if in_part(m, "console")]
@@ -108,3 +116,33 @@ def test_the_rules_catch_a_chat_module_that_imports_the_console(tmp_path: Path) 
     found = violations(import_graph(tmp_path / "gochat"))
     assert "gochat.chat.ws -> gochat.console.views" in found
     assert "gochat.keys -> gochat.console.views (only app.py)" in found
+
+
+def test_the_rules_keep_the_api_and_the_console_apart(tmp_path: Path) -> None:
+    """The API may load the chat, never the console (app.py hands it the console's actions),
+    and the console never loads the API."""
+    graph = import_graph()
+    assert any(in_part(m, "api") for m in graph)
+    assert any(in_part(d, "chat") for m in graph if in_part(m, "api") for d in graph[m])
+    for name in ("gochat", "gochat/api", "gochat/console", "gochat/chat"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / "gochat" / "chat" / "hub.py").write_text("X = 1\n")
+    (tmp_path / "gochat" / "console" / "state.py").write_text("from ..api import views\n")
+    (tmp_path / "gochat" / "api" / "views.py").write_text("from ..chat import hub\n")
+    (tmp_path / "gochat" / "api" / "rooms.py").write_text("from ..console import state\n")
+    found = violations(import_graph(tmp_path / "gochat"))
+    assert "gochat.console.state -> gochat.api.views" in found
+    assert "gochat.api.rooms -> gochat.console.state" in found
+    assert not [f for f in found if f.startswith("gochat.api.views")]
+
+
+def test_the_rules_keep_the_client_library_on_its_own(tmp_path: Path) -> None:
+    assert not [v for v in violations(import_graph()) if v.startswith("gochat.client")]
+    for name in ("gochat", "gochat/client", "gochat/chat"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / "gochat" / "protocol.py").write_text("X = 1\n")
+    (tmp_path / "gochat" / "client" / "frames.py").write_text("from .. import protocol\n")
+    found = violations(import_graph(tmp_path / "gochat"))
+    assert "gochat.client.frames -> gochat.protocol" in found

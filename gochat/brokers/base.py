@@ -242,6 +242,11 @@ class Broker(ABC):
         """Each of `rooms`' number of members across the cluster (distinct users, what
         `len(members(room))` is), for a page of rooms at once: one round trip in Redis."""
 
+    @abstractmethod
+    async def rooms(self) -> dict[str, int]:
+        """Every room with a member anywhere in the cluster, with its number of members
+        (distinct users), by name."""
+
     def publish_event(self, data: bytes) -> None:
         """Share one console event with every node; in one process it comes straight back."""
         self.cluster.cluster_event(data)

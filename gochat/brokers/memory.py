@@ -246,3 +246,6 @@ class MemoryBroker(Broker):
     async def member_counts(self, rooms: list[str]) -> dict[str, int]:
         found = {room: self._rooms.get(room) for room in rooms}
         return {room: len(r.users) if r is not None else 0 for room, r in found.items()}
+
+    async def rooms(self) -> dict[str, int]:
+        return {room: len(r.users) for room, r in sorted(self._rooms.items()) if r.users}

@@ -180,6 +180,10 @@ class RedisBroker(Broker):
         """Every room's member count in one pipelined round trip."""
         return await self.presence.member_counts(rooms)
 
+    async def rooms(self) -> dict[str, int]:
+        """Every room with members, cluster-wide (a SCAN of the presence keys)."""
+        return await self.presence.rooms()
+
     # --- console hooks ---------------------------------------------------------------------
 
     def publish_event(self, data: bytes) -> None:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from ...protocol import Member
 from ..base import Broker, BrokerUnavailable
 from .connection import FAILURES, Commands, log, unavailable_on_error
+
+SCAN_COUNT = 1000  # keys Redis looks at per SCAN round trip
+_GLOB = re.compile(rb"([*?\[\]\\])")  # special in a SCAN pattern: escaped
 
 
 class Presence:
@@ -101,6 +105,19 @@ class Presence:
                     pipe.hlen(self._commands.key("presence_names:", room))
                 counts: list[Any] = await pipe.execute()
         return {room: int(n) for room, n in zip(rooms, counts, strict=True)}
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with members: each has a presence_names:<room> hash, deleted with its
+        last member, so the rooms are those keys, found with SCAN (never KEYS, which
+        blocks Redis), and counted as member_counts does."""
+        r = self._commands.usable()
+        prefix = self._commands.key("presence_names:").encode()
+        pattern = _GLOB.sub(rb"\\\1", prefix) + b"*"
+        with unavailable_on_error("rooms"):
+            keys = [bytes(k) async for k in r.scan_iter(match=pattern, count=SCAN_COUNT)]
+        names = sorted({k[len(prefix) :].decode(errors="replace") for k in keys})
+        counts = await self.member_counts(names)
+        return {room: n for room, n in counts.items() if n > 0}
 
     # --- heartbeat, reaper, presence re-registration ---------------------------------------
 
