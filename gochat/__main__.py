@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
+from .client.cli import add_commands, run
 from .config import OPTIONS, Settings
 
 log = logging.getLogger("gochat")
@@ -44,19 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=opt.env,
             help=f"{opt.help}{shown} [{opt.env}]",
         )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,token}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,token,chat,send}")
     sub.add_parser("serve", help="serve (the default)")
     token = sub.add_parser("token", help="mint a client JWT for local use (needs the secret)")
     token.add_argument("user", help="userId (the token's sub)")
     token.add_argument("--name", help="display name (default: the userId)")
     token.add_argument("--ttl", type=float, default=3600, help="seconds until it expires")
     token.add_argument("--rooms", help="comma-separated rooms the holder may join")
+    add_commands(sub)  # chat, send: clients of a server, they read no server settings
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("chat", "send"):
+        raise SystemExit(run(args))
     overrides = {opt.field: getattr(args, opt.field) for opt in OPTIONS}
     try:
         settings = Settings.from_env(os.environ, **overrides)
@@ -86,24 +91,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     # CPython's docs suggest for long-running servers).
     gc.collect()
     gc.freeze()
-    log.info(
-        "gochat node %s serving on http://%s:%d (%s)",
-        settings.node_id,
-        settings.host,
-        settings.port,
-        "Redis" if settings.redis_url else "in memory",
-    )
     loop = new_event_loop(settings.event_loop)
     log.info("event loop: %s", type(loop).__module__.split(".")[0])
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace,
-        print=None,
-        access_log=None,
-        loop=loop,
-    )
+
+    def serving(_banner: str) -> None:  # run_app's "print", called once the port listens
+        log.info(
+            "gochat node %s serving on http://%s:%d (%s)",
+            settings.node_id,
+            settings.host,
+            settings.port,
+            "Redis" if settings.redis_url else "in memory",
+        )
+
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.shutdown_grace,
+            print=serving,
+            access_log=None,
+            loop=loop,
+        )
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        parser.exit(
+            2,
+            f"gochat: port {settings.port} is already in use on {settings.host}: stop what "
+            f"listens there, or pick another port with PORT=<port> or --port <port>\n",
+        )
 
 
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
