@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright, expect
 
 from gochat.app import create_app
 from gochat.chat.client import Client
@@ -114,3 +116,113 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+# --- the chat page (web/): shared by the browser test modules ---------------------------------
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+class ChatTabs:
+    """Chat pages on one live server, each in a browser context of its own (its own storage,
+    so its own anonymous identity). Uncaught page errors fail the test at exit.
+
+    `async with ChatTabs(browser, url) as tabs: alice = await tabs.open("alice")`
+    """
+
+    def __init__(self, browser: Browser, url: str) -> None:
+        self.browser = browser
+        self.url = url
+        self.contexts: list[BrowserContext] = []
+        self.page_errors: list[str] = []
+
+    async def open(
+        self,
+        name: str | None = None,
+        room: str = "lobby",
+        *,
+        viewport: dict[str, int] = DESKTOP,
+        phone: bool = False,
+        token: str | None = None,
+        before: Callable[[Page], Awaitable[None]] | None = None,
+    ) -> Page:
+        """/?name=<name>&token=<token>#<room> in a new context; `before(page)` runs first
+        (routes, say)."""
+        context = await self.browser.new_context(
+            viewport={"width": viewport["width"], "height": viewport["height"]},
+            is_mobile=phone,
+            has_touch=phone,
+            locale="en-US",
+        )
+        self.contexts.append(context)
+        page = await context.new_page()
+        label = name or token or "page"
+        page.on("pageerror", lambda exc: self.page_errors.append(f"{label}: {exc}"))
+        if before is not None:
+            await before(page)
+        query = "&".join(
+            f"{key}={quote(value)}" for key, value in (("name", name), ("token", token)) if value
+        )
+        await page.goto(f"{self.url}/?{query}#{room}")
+        return page
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for context in self.contexts:
+            await context.close()
+        if exc is None:
+            assert not self.page_errors, f"uncaught errors in the page: {self.page_errors}"
+
+
+async def ready(page: Page, room: str = "lobby") -> None:
+    """Online, in `room`, and its `joined` has arrived."""
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "online")
+    await expect(page.locator("body")).to_have_attribute("data-room", room)
+    await expect(page.locator("body")).to_have_attribute("data-joined", "true")
+
+
+def chats(page: Page, text: str | None = None) -> Locator:
+    """Chat lines in the page's log (only those containing `text` when given)."""
+    lines = page.get_by_role("log").get_by_test_id("chat")
+    return lines if text is None else lines.filter(has_text=text)
+
+
+def delivered(page: Page, text: str | None = None) -> Locator:
+    """Chat lines the server has confirmed (they carry the message id)."""
+    return chats(page, text).and_(page.locator("[data-id]"))
+
+
+async def say(page: Page, text: str, *, button: bool = False) -> None:
+    """Type `text` in the Message box and send it (Enter, or the Send button); wait for the
+    server's echo (an echoed line carries the message id)."""
+    box = page.get_by_label("Message", exact=True)
+    await box.fill(text)
+    if button:
+        await page.get_by_role("button", name="Send", exact=True).click()
+    else:
+        await box.press("Enter")
+    await expect(box).to_have_value("")
+    await expect(delivered(page, text)).to_have_count(1)
+
+
+def members(page: Page) -> Locator:
+    return page.get_by_test_id("members").get_by_test_id("member")
+
+
+async def member_ids(page: Page) -> list[str]:
+    return [await m.get_attribute("data-user-id") or "" for m in await members(page).all()]
+
+
+async def page_uid(page: Page) -> str:
+    """The anonymous id this page's browser keeps (and sends as `uid`)."""
+    uid = await page.evaluate("localStorage.getItem('gochat.uid')")
+    assert isinstance(uid, str), uid
+    return uid

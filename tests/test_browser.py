@@ -12,9 +12,7 @@ import aiohttp
 import pytest
 from playwright.async_api import (
     Browser,
-    BrowserContext,
     FloatRect,
-    Locator,
     Page,
     WebSocket,
     expect,
@@ -22,14 +20,25 @@ from playwright.async_api import (
 
 from gochat.chat.auth import mint
 
-from .browser import OUTPUT, LiveServer, serve
+from .browser import (
+    DESKTOP,
+    OUTPUT,
+    PHONE,
+    ChatTabs,
+    LiveServer,
+    chats,
+    member_ids,
+    members,
+    page_uid,
+    ready,
+    say,
+    serve,
+)
 from .util import join, recv_type, until
 
 pytestmark = pytest.mark.browser
 
 HTML_TEXT = '<img src=x onerror="window.__xss=1"><b>bold</b>'
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 
 # A reconnect after a few refused upgrades waits out a backoff of up to a few seconds.
 expect.set_options(timeout=10_000)
@@ -51,64 +60,21 @@ async def server() -> AsyncIterator[LiveServer]:
 async def open_page(server: LiveServer, browser: Browser) -> AsyncIterator[OpenPage]:
     """`await open_page("alice", "support")`: a tab of its own browser context (its own
     storage, so its own identity) on /?name=alice#support. Uncaught page errors fail the test."""
-    contexts: list[BrowserContext] = []
-    page_errors: list[str] = []
+    async with ChatTabs(browser, server.url) as tabs:
 
-    async def open_(
-        name: str, room: str = "lobby", *, viewport: dict[str, int] = DESKTOP, phone: bool = False
-    ) -> Page:
-        context = await browser.new_context(
-            viewport={"width": viewport["width"], "height": viewport["height"]},
-            is_mobile=phone,
-            has_touch=phone,
-        )
-        contexts.append(context)
-        page = await context.new_page()
-        page.on("pageerror", lambda exc: page_errors.append(f"{name}: {exc}"))
-        await page.goto(f"{server.url}/?name={name}#{room}")
-        return page
+        async def open_(
+            name: str,
+            room: str = "lobby",
+            *,
+            viewport: dict[str, int] = DESKTOP,
+            phone: bool = False,
+        ) -> Page:
+            return await tabs.open(name, room, viewport=viewport, phone=phone)
 
-    yield open_
-    for context in contexts:
-        await context.close()
-    assert not page_errors, f"uncaught errors in the page: {page_errors}"
+        yield open_
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-async def ready(page: Page, room: str = "lobby") -> None:
-    """Online, in `room`, and its `joined` has arrived."""
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "online")
-    await expect(page.locator("body")).to_have_attribute("data-room", room)
-    await expect(page.locator("body")).to_have_attribute("data-joined", "true")
-
-
-def chats(page: Page, text: str | None = None) -> Locator:
-    """Chat lines in the page's log (only those containing `text` when given)."""
-    lines = page.get_by_role("log").get_by_test_id("chat")
-    return lines if text is None else lines.filter(has_text=text)
-
-
-async def say(page: Page, text: str, *, button: bool = False) -> None:
-    """Type `text` in the Message box and send it (Enter, or the Send button); wait for the
-    server's echo (an echoed line carries the message id)."""
-    box = page.get_by_label("Message", exact=True)
-    await box.fill(text)
-    if button:
-        await page.get_by_role("button", name="Send", exact=True).click()
-    else:
-        await box.press("Enter")
-    await expect(box).to_have_value("")
-    await expect(chats(page, text).and_(page.locator("[data-id]"))).to_have_count(1)
-
-
-def members(page: Page) -> Locator:
-    return page.get_by_test_id("members").get_by_test_id("member")
-
-
-async def member_ids(page: Page) -> list[str]:
-    return [await m.get_attribute("data-user-id") or "" for m in await members(page).all()]
 
 
 async def chat_ids(page: Page) -> list[str]:
@@ -149,7 +115,7 @@ async def test_two_tabs_chat_as_text_members_and_presence(open_page: OpenPage) -
     await say(alice, HTML_TEXT)
     line = chats(bob, "bold")
     await expect(line).to_have_count(1)
-    await expect(line).to_have_attribute("data-user-id", "alice")
+    await expect(line).to_have_attribute("data-user-id", await page_uid(alice))
     for page in (alice, bob):
         texts = await chats(page).locator(".msg-text").all_text_contents()
         assert texts == [HTML_TEXT]
@@ -158,17 +124,21 @@ async def test_two_tabs_chat_as_text_members_and_presence(open_page: OpenPage) -
 
     # The Send button sends too.
     await say(bob, "hi alice, plain text here", button=True)
-    await expect(chats(alice, "hi alice, plain text here")).to_have_attribute("data-user-id", "bob")
+    await expect(chats(alice, "hi alice, plain text here")).to_have_attribute(
+        "data-user-id", await page_uid(bob)
+    )
 
     for page in (alice, bob):
         await expect(members(page)).to_have_count(2)
-        assert sorted(await member_ids(page)) == ["alice", "bob"]
+        assert sorted(await member_ids(page)) == sorted(
+            [await page_uid(alice), await page_uid(bob)]
+        )
         await expect(page.get_by_test_id("member-count")).to_have_text("2")
 
     # bob's tab closes: his presence goes offline and alice's list drops him.
     await bob.context.close()
     await expect(members(alice)).to_have_count(1)
-    assert await member_ids(alice) == ["alice"]
+    assert await member_ids(alice) == [await page_uid(alice)]
     await expect(alice.get_by_test_id("member-count")).to_have_text("1")
 
 
@@ -184,7 +154,7 @@ async def test_a_reserved_name_is_not_taken_and_the_page_says_why(open_page: Ope
     await name.press("Enter")
     await expect(page.get_by_test_id("errors")).to_contain_text("not system")
     await expect(name).to_have_value(re.compile(r"^guest-"))
-    assert (await member_ids(page))[0].startswith("guest-")
+    await expect(members(page).locator(".member-name")).to_have_text(re.compile(r"^guest-"))
 
 
 async def test_room_from_fragment(open_page: OpenPage) -> None:
@@ -205,8 +175,8 @@ async def test_room_from_fragment(open_page: OpenPage) -> None:
     await expect(chats(bob, "support")).to_have_count(0)
     await expect(chats(alice)).to_have_count(2)
     await expect(chats(alice, "lobby")).to_have_count(0)
-    assert await member_ids(alice) == ["alice"]
-    assert await member_ids(bob) == ["bob"]
+    assert await member_ids(alice) == [await page_uid(alice)]
+    assert await member_ids(bob) == [await page_uid(bob)]
 
 
 async def test_reconnect_recovers_missed_messages_once(
