@@ -609,6 +609,17 @@ async def test_stream_shows_connect_join_publish_disconnect(admin: Client) -> No
     assert pub["room"] == "lobby" and pub["user"] == welcome["userId"]
     assert pub["node"] == "test-node"
     conn_id = next(e for e in events if e["kind"] == "CONNECT")["conn"]
+    # the display name beside the (anonymous, random-looking) userId
+    assert next(e for e in events if e["kind"] == "CONNECT")["args"] == [
+        conn_id,
+        welcome["userId"],
+        "alice",
+    ]
+    assert next(e for e in events if e["kind"] == "JOIN")["args"] == [
+        "lobby",
+        welcome["userId"],
+        "alice",
+    ]
     disconnect = next(e for e in events if e["kind"] == "DISCONNECT")
     assert disconnect["args"] == [conn_id, "1000"]  # with the close code
     assert welcome["name"] == "alice"

@@ -819,10 +819,19 @@
           ];
         }
         case 'JOIN':
-        case 'LEAVE':
-          return [roomPart(a[0]), userPart(a[1] || ev.user || '?'), connPart(ev.conn || ''), part('ev-addr', ev.addr)];
-        case 'CONNECT':
-          return [connPart(a[0]), userPart(a[1] || ev.user || '?'), part('ev-addr', `from ${ev.addr}`)];
+        case 'LEAVE': // room, userId, name
+          return [
+            roomPart(a[0]),
+            userPart(a[2] || a[1] || ev.user || '?', a[1] || ev.user),
+            connPart(ev.conn || ''),
+            part('ev-addr', ev.addr),
+          ];
+        case 'CONNECT': // connection, userId, name
+          return [
+            connPart(a[0]),
+            userPart(a[2] || a[1] || ev.user || '?', a[1] || ev.user),
+            part('ev-addr', `from ${ev.addr}`),
+          ];
         case 'DISCONNECT': {
           const code = a[1] || '';
           const meaning = CLOSE_CODES[code];

@@ -87,8 +87,14 @@ class Hub:
         self.per_ip[ip] += 1
         self.stats.connections += 1
         self.send(client, protocol.welcome(client.user_id, client.name, self.node_id))
-        self.tap.emit(
-            "CONNECT", client.remote, client.id, client.user_id, conn=client.id, user=client.user_id
+        self.tap.emit(  # the name too: an anonymous userId is a random string
+            "CONNECT",
+            client.remote,
+            client.id,
+            client.user_id,
+            client.name,
+            conn=client.id,
+            user=client.user_id,
         )
 
     async def disconnect(self, client: Client, code: int | None = None) -> None:

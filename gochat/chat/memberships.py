@@ -138,6 +138,7 @@ class Memberships:
             client.remote,
             room,
             client.user_id,
+            client.name,
             room=room,
             user=client.user_id,
             conn=client.id,
