@@ -294,6 +294,20 @@ def check_room(room: str, ref: str | None = None) -> None:
         raise ProtocolError(ErrorCode.BAD_ROOM, "room names are 1-64 of A-Z a-z 0-9 _ . -", ref)
 
 
+def check_text(text: str, max_text: int, ref: str | None = None) -> str:
+    """A chat text that did not come in a client's frame (whose decoding checks its
+    characters), checked as a client's is: no bad characters, trimmed, not empty, at most
+    `max_text` characters. Returns it trimmed; raises bad_message or too_long."""
+    if has_bad_chars(text):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: invalid characters", ref)
+    text = text.strip()
+    if not text:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: empty", ref)
+    if len(text) > max_text:
+        raise ProtocolError(ErrorCode.TOO_LONG, f"text over {max_text} characters", ref)
+    return text
+
+
 # --- server -> client -------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from ..brokers.base import (
 )
 from ..chat.ws import display_name
 from ..keys import BROKER, SETTINGS, TAP
-from ..protocol import MAX_ID, ErrorCode, ProtocolError, check_room, has_bad_chars
+from ..protocol import MAX_ID, ErrorCode, ProtocolError, check_room, check_text, has_bad_chars
 from .access import ApiKey, Refused, Throttle
 from .models import (
     API_USER,
@@ -141,19 +141,6 @@ def path_room(request: web.Request) -> str:
     return room
 
 
-def checked_text(text: str, max_text: int) -> str:
-    """A chat's text as the chat checks it: no bad characters, not empty once trimmed, at
-    most GOCHAT_MAX_TEXT characters."""
-    if has_bad_chars(text):
-        bad_message("text: invalid characters")
-    text = text.strip()
-    if not text:
-        bad_message("text: empty")
-    if len(text) > max_text:
-        raise ProtocolError(ErrorCode.TOO_LONG, f"text over {max_text} characters")
-    return text
-
-
 def identity(raw: str | None, field: str) -> str:
     """A `name` or `userId` under /ws's rules for a display name (reserved names refused,
     so that nothing posted here can pass for the system's notices); `api` when absent."""
@@ -184,7 +171,7 @@ async def post_message(request: web.Request) -> web.Response:
     broker = request.config_dict[BROKER]
     room = path_room(request)
     body = await read_body(request, PostMessage)
-    text = checked_text(body.text, settings.max_text)
+    text = check_text(body.text, settings.max_text)
     user_id = identity(body.userId, "userId")
     name = identity(body.name, "name")
     if body.cid is not None and has_bad_chars(body.cid):

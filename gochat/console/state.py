@@ -38,7 +38,7 @@ from ..chat.client import Client
 from ..chat.hub import Hub
 from ..config import Settings
 from ..events import Event, EventFilter, EventTap, Feed, loggable
-from ..protocol import CloseCode, ErrorCode, ProtocolError, check_room, has_bad_chars
+from ..protocol import CloseCode, ProtocolError, check_room, check_text
 from .auth import ConsoleAuth
 from .load import SAMPLE_EVERY, LoadMeter, LoadRing, Sample, cluster_sample
 from .tables import Tables
@@ -329,13 +329,7 @@ class Console:
         """Say `text` in `room` as the system user, to every member on every node: the
         message id and how many members the room had (cluster-wide, users)."""
         check_room(room, "notice")
-        text = text.strip()
-        if not text:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: empty", "notice")
-        if len(text) > self.settings.max_text:
-            raise ProtocolError(ErrorCode.TOO_LONG, "text too long", "notice")
-        if has_bad_chars(text):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "text: invalid characters", "notice")
+        text = check_text(text, self.settings.max_text, "notice")
         fields: dict[str, Any] = {
             "room": room,
             "userId": SYSTEM_USER,
