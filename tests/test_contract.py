@@ -131,6 +131,36 @@ async def test_rate_limited_then_policy_close(
     await assert_serving(chat, other)
 
 
+async def test_rate_limited_errors_say_which_frame_they_refuse(make_chat: MakeChat) -> None:
+    """Refused over the rate, before it is decoded: a chat by its cid (or `chat`), a join or
+    leave by its type, so a client can tell which of its requests failed."""
+    chat = await make_chat(rate=0.5)  # a burst of 1, then one frame per 2 s
+    ws, _ = await connect(chat, "hasty")
+    for _ in range(1):  # the burst
+        await ws.send_json({"type": "join", "room": "r"})
+    frames: list[Any] = [
+        {"type": "chat", "room": "r", "text": "x", "cid": "c-9"},
+        {"type": "chat", "room": "r", "text": 'say "type":"join"'},
+        {"type": "join", "room": "r2"},
+        {"room": "r", "type": "leave"},
+        {"type": "nope"},
+    ]
+    for frame in frames:
+        await ws.send_json(frame)
+    errors = []
+    while len(errors) < len(frames):
+        msg = await recv(ws)
+        if msg["type"] == "error":
+            errors.append(msg)
+    assert [(e["code"], e.get("ref")) for e in errors] == [
+        ("rate_limited", "c-9"),
+        ("rate_limited", "chat"),
+        ("rate_limited", "join"),
+        ("rate_limited", "leave"),
+        ("rate_limited", None),
+    ]
+
+
 async def test_unavailable_when_broker_is_down(chat: TestClient[Any, Any]) -> None:
     ws, _ = await connect(chat, "t")
     await join(ws, "lobby")

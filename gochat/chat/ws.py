@@ -245,7 +245,7 @@ async def read_frames(
                 if verdict is RateVerdict.WITHIN:
                     await handle_text(hub, client, msg.data)
                 else:
-                    hub.send_error(client, rate_limited(rate, chat_ref(msg.data)))
+                    hub.send_error(client, rate_limited(rate, frame_ref(msg.data)))
             elif verdict is RateVerdict.WITHIN:
                 if kind is WSMsgType.PING:
                     hub.send_frame(client, pong_frame(msg.data[:125]))
@@ -266,14 +266,17 @@ def rate_limited(rate: float, ref: str | None) -> ProtocolError:
 # not a parse. `"cid"` followed by a colon can only be a key (a string value is never
 # followed by one), and inside a string its quotes would be escaped.
 _CID = re.compile(r'"cid"\s*:\s*("(?:[^"\\]|\\.){0,256}")')
-_CHAT = re.compile(r'"type"\s*:\s*"chat"')
+_TYPE = re.compile(r'"type"\s*:\s*"(chat|join|leave)"')
 
 
-def chat_ref(raw: str) -> str | None:
-    """What a refused frame's `error` refers to: a chat's `cid` when it has one, else the
-    frame's type when it is a chat, else nothing known."""
-    if _CHAT.search(raw) is None:
+def frame_ref(raw: str) -> str | None:
+    """What a refused frame's `error` refers to, read without decoding it: a chat's `cid`
+    when it has one, else the frame's type (`chat`, `join`, `leave`), else nothing known."""
+    kind = _TYPE.search(raw)
+    if kind is None:
         return None
+    if kind.group(1) != "chat":
+        return kind.group(1)
     found = _CID.search(raw)
     if found is not None:
         try:
