@@ -657,7 +657,7 @@ class Client:
         if error.ref in ("join", "leave"):
             request = link.answered(error.ref, None)
         elif error.ref is None and error.code == "rate_limited":
-            request = link.answered(None, None)  # a join or leave over the rate: no ref
+            request = link.answered(None, None)  # over the rate, from a server that names none
         else:
             request = None
         if request is None:
