@@ -147,7 +147,7 @@ async def test_rate_limited_errors_say_which_frame_they_refuse(make_chat: MakeCh
     ]
     for frame in frames:
         await ws.send_json(frame)
-    errors = []
+    errors: list[dict[str, Any]] = []
     while len(errors) < len(frames):
         msg = await recv(ws)
         if msg["type"] == "error":
