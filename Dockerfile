@@ -1,4 +1,4 @@
-# One gochat node. `docker compose up` runs two of them behind nginx with Redis (compose.yaml).
+# One gochat node (GOCHAT_WORKERS=N with REDIS_URL: N worker processes on its port). `docker compose up` runs two of them behind nginx with Redis (compose.yaml).
 # Installs exactly what uv.lock says (runtime packages only), as `make run` does.
 FROM python:3.11-slim
 WORKDIR /app

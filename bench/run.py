@@ -11,6 +11,8 @@ Scenarios (1000 clients in one room unless said; 64-byte texts):
   S3  idle memory: 5000 connections in 500 rooms, then nothing for --idle s
   S4  two gochat nodes through a private Redis: subscribers on both, the publisher on one
   S5  join storm: 1000 connected clients join one room within one second
+  S6  S4's work on `gochat --workers 2` (one port, the kernel spreads the clients), then on
+      two separately started nodes, one private Redis: the supervisor's cost per message
   API the server API's publish rate: --api-concurrency requests in flight (aiohttp, kept
       alive) posting to a room of --api-members WebSocket clients, then one of them
       publishing the same messages over its WebSocket at the rate the API reached (one
@@ -37,6 +39,7 @@ import functools
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -58,7 +61,7 @@ from bench import api_publish, loadgen, report  # noqa: E402
 
 SERVER_CORE, LOADGEN_CORE = 0, 1
 RESERVED_PORTS = {8080, 6379}  # never used: a developer's own server and Redis live there
-ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "API")
+ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "API")
 
 # Settings of gochat under test: no per-connection rate limit (one client publishes the whole
 # offered rate), no per-address cap (every client is 127.0.0.1), and a send buffer that a
@@ -254,6 +257,7 @@ async def deploy(
     nodes: int = 1,
     ready_timeout: float = 30.0,
     env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> AsyncIterator[Deployment]:
     """Start `kind` ("gochat", "gochat-public" = gochat with GOCHAT_FAST_PATHS=0, or "naive";
     gochat with nodes=2 adds a private Redis; `env`: more settings for gochat), yield it once
@@ -271,7 +275,7 @@ async def deploy(
             # gochat-public: aiohttp's public API only, to measure what the shortcuts save
             extra = {"GOCHAT_FAST_PATHS": "0"} if kind == "gochat-public" else {}
             extra |= env or {}
-            if nodes > 1:
+            if nodes > 1 or workers > 1:
                 redis_bin = shutil.which("redis-server")
                 if redis_bin is None:
                     raise RuntimeError("S4 needs redis-server on PATH")
@@ -302,13 +306,20 @@ async def deploy(
                 port = free_port()
                 env = server_env(GOCHAT_NODE_ID=f"bench-{n}", **extra)
                 argv = [sys.executable, "-m", "gochat", "--port", str(port)]
+                argv += ["--workers", str(workers)] if workers > 1 else []
                 child = await spawn(f"gochat-{n}", argv, env, logdir, core)
                 dep.children.append(child)
+                if workers > 1:  # S6: the parent logs each worker's pid, each its serving
+                    await _ready(child, functools.partial(_serving, child, workers), ready_timeout)
                 await _ready(child, functools.partial(_http_ok, port, "/healthz"), ready_timeout)
-                if nodes > 1:  # and its broker is usable
+                if nodes > 1 or workers > 1:  # and its broker is usable
                     await _ready(child, functools.partial(_http_ok, port, "/readyz"), ready_timeout)
                 dep.urls.append(f"ws://127.0.0.1:{port}/ws")
-                dep.pids.append(child.pid)
+                if workers > 1:  # the nodes are the workers; the parent is measured apart
+                    dep.pids += [int(p) for p in re.findall(r"started: pid (\d+)", _log(child))]
+                    dep.aux_pids["supervisor"] = child.pid
+                else:
+                    dep.pids.append(child.pid)
         else:
             raise ValueError(f"unknown server {kind!r}")
         yield dep
@@ -443,6 +454,40 @@ async def run_s4(o: Options, rate: float) -> dict[str, Any]:
     return await _bounded(_meta("S4", "gochat", rate), budget, body)
 
 
+async def _serving(child: Child, workers: int) -> bool:
+    return _log(child).count(" serving on http") >= workers
+
+
+def _log(child: Child) -> str:
+    return child.log_path.read_text(errors="replace")
+
+
+async def run_s6(o: Options, rate: float, server: str) -> dict[str, Any]:
+    """S4's work on "gochat-workers" (`--workers 2`: one URL, the kernel spreads the clients
+    over the two; the parent's CPU is `supervisor_cpu_s`) or "gochat-nodes" (two nodes)."""
+    core = SERVER_CORE if o.pin else None
+    budget = 150 + o.warmup + o.duration + o.drain
+    workers, nodes = (2, 1) if server == "gochat-workers" else (1, 2)
+
+    async def body() -> dict[str, Any]:
+        async with deploy("gochat", o.logdir, core, nodes=nodes, workers=workers) as d:
+            res = await loadgen.run_fanout(
+                d.urls,
+                clients=o.clients,
+                rate=rate,
+                duration=o.duration,
+                warmup=o.warmup,
+                probes=o.probes,
+                pids=d.pids,
+                aux_pids=d.aux_pids,
+                presence=d.presence,
+                drain_timeout=o.drain,
+            )
+            return res | {"nodes": len(d.pids)}
+
+    return await _bounded(_meta("S6", server, rate), budget, body)
+
+
 async def run_s5(o: Options, server: str) -> dict[str, Any]:
     core = SERVER_CORE if o.pin else None
 
@@ -494,6 +539,7 @@ RATIO_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     "S2": (*_FANOUT_RATIOS, ("rss_per_conn_kb", "rss_per_conn_kb")),
     "S3": (("rss_per_conn_kb", "rss_per_conn_kb"), ("server_cpu_util", "server_cpu_util")),
     "S4": _FANOUT_RATIOS,
+    "S6": _FANOUT_RATIOS,
     "API": (
         ("delivered_rate", "delivered_rate"),
         ("us_per_message", "us_per_message"),
@@ -641,6 +687,14 @@ async def bench(o: Options, emit: Callable[[dict[str, Any]], None], round_no: in
                 )
                 compare(("S4", "gochat", rate), ("S1", "gochat", rate))
                 compare(("S4", "gochat", rate), ("S1", "naive", rate))
+        elif sc == "S6":
+            if "gochat" not in o.servers:
+                continue
+            for rate in o.s4_rates:
+                for server in ("gochat-workers", "gochat-nodes"):
+                    run = functools.partial(run_s6, o, rate, server)
+                    await measure(f"S6 {server} + redis at {rate:g} msg/s", run)
+                compare(("S6", "gochat-workers", rate), ("S6", "gochat-nodes", rate))
         else:
             rate_key = o.s2_rate if sc == "S2" else None
             for server in servers:

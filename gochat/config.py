@@ -16,6 +16,13 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting as the environment and the CLI know it."""
@@ -35,6 +42,13 @@ OPTIONS: tuple[Option, ...] = (
         "REDIS_URL",
         "redis:// or rediss:// URL: many nodes through Redis; unset: in memory, one process",
         "--redis-url",
+    ),
+    Option(
+        "workers",
+        "GOCHAT_WORKERS",
+        "processes serving PORT on this machine, each a node (needs REDIS_URL over 1); "
+        "auto = one per core",
+        "--workers",
     ),
     Option(
         "admin_token",
@@ -175,6 +189,7 @@ class Settings(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     redis_url: str | None = None
+    workers: int = Field(1, ge=1, le=1024)
     admin_token: str | None = None
     api_key: str | None = Field(None, repr=False)  # a secret: kept out of repr and logs
     allowed_origins: tuple[str, ...] = ()
@@ -208,6 +223,13 @@ class Settings(BaseModel):
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return machine_cores()
         return value
 
     @field_validator("redis_url", "admin_token", "api_key", "auth_secret", mode="before")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -84,3 +85,50 @@ class Node:
         if self.proc.returncode is None:
             self.proc.kill()
             await self.proc.communicate()
+
+
+class StderrLines:
+    """A process's stderr read line by line as it comes, so a test can wait for a line
+    (a log line is the event) instead of sleeping."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[str] = []
+        self.ended = False
+        self._grew = asyncio.Event()
+        self._reader = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.lines.append(line.decode(errors="replace").rstrip("\n"))
+            self._grew.set()
+        self.ended = True
+        self._grew.set()
+
+    async def wait_for(
+        self, pattern: str, timeout: float, start: int = 0, count: int = 1
+    ) -> re.Match[str]:
+        """The `count`-th line from line `start` on that matches `pattern` (its match),
+        waiting up to `timeout` seconds for it; fails with the log's tail if the stream ends
+        or time runs out first."""
+        regex = re.compile(pattern)
+        seen = start
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for line in self.lines[seen:]:
+                        if (found := regex.search(line)) and (count := count - 1) == 0:
+                            return found
+                    seen = len(self.lines)
+                    if self.ended:
+                        break
+                    self._grew.clear()
+                    await self._grew.wait()
+        except TimeoutError:
+            pass
+        tail = "\n".join(self.lines[-30:])
+        raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n{tail}")
+
+    async def rest(self) -> str:
+        """Everything, once the stream has ended (the process and its children exited)."""
+        await self._reader
+        return "\n".join(self.lines)
