@@ -254,6 +254,12 @@ def render(rows: list[Row]) -> str:
     out += ["### S4 two gochat nodes through Redis\n", table(of("S4"), fanout)]
     out += [table(ratios_of("S4"), ratio_cols)]
     out += ["### S5 join storm: 1,000 clients join one room within 1 s\n", table(of("S5"), storm)]
+    if of("S6"):
+        out += [
+            "### S6 `--workers 2` against two separately started nodes (S4's work)\n",
+            table(of("S6"), [*fanout[:-1], ("supervisor CPU s", "supervisor_cpu_s"), fanout[-1]]),
+            table(ratios_of("S6"), ratio_cols),
+        ]
     if of("API"):
         members = of("API")[0].get("clients")
         out += [
