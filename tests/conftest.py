@@ -13,6 +13,7 @@ from playwright.async_api import Browser
 from gochat.app import create_app
 
 from .browser import chromium
+from .redis_cluster import RedisCluster
 from .redis_server import RedisServer
 from .util import make_settings
 
@@ -24,7 +25,7 @@ MakeChat = Callable[..., Awaitable[TestClient[Any, Any]]]
 # sees them; collection fails when one is missing (rather than adding it silently, which would
 # make a marker in the source a mere comment that may or may not agree with the run).
 MARKED_FIXTURES = {
-    "redis": {"redis_server", "debug_redis"},
+    "redis": {"redis_server", "debug_redis", "redis_cluster", "own_redis_cluster", "any_redis"},
     "browser": {"browser"},
 }
 
@@ -90,6 +91,47 @@ def redis_server() -> Iterator[RedisServer]:
 def debug_redis() -> Iterator[RedisServer]:
     """Like `redis_server`, but one that accepts DEBUG (Redis 7 refuses it by default)."""
     yield from _running(RedisServer(extra=("--enable-debug-command", "yes")))
+
+
+@pytest.fixture(scope="session")
+def _shared_cluster() -> Iterator[RedisCluster]:
+    """One Redis Cluster for the whole run (started by the first test that needs it): six
+    processes and a `--cluster create` cost about a second, too much per test."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(_shared_cluster: RedisCluster) -> RedisCluster:
+    """The shared Redis Cluster, emptied for this test. Not to be killed: a test that kills
+    a node takes `own_redis_cluster`."""
+    _shared_cluster.wait_ok()
+    _shared_cluster.flush()
+    return _shared_cluster
+
+
+@pytest.fixture
+def own_redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test's own, which it may SIGKILL nodes of."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer | RedisCluster]:
+    """A single redis-server, then the shared Redis Cluster: the test runs on both."""
+    if request.param == "single":
+        yield from _running(RedisServer())
+    else:
+        yield request.getfixturevalue("redis_cluster")
 
 
 def _running(server: RedisServer) -> Iterator[RedisServer]:
