@@ -77,7 +77,7 @@ async def test_stream_on_one_node_sees_another_nodes_events_once(
     assert kinds.index("PUBLISH") < kinds.index("DISCONNECT")
     publish = next(e for e in mine if e["kind"] == "PUBLISH")
     assert publish["room"] == "lobby" and publish["line"].split(" ")[1] == "[n2"
-    assert publish["args"][0] == "gochat:room:lobby"
+    assert publish["args"][0] == "gochat:room:{lobby}"
     assert json.loads(publish["args"][1]) == chat  # exactly what the clients received
     conn = next(e for e in mine if e["kind"] == "CONNECT")["conn"]
     assert conn.startswith("n2/")
@@ -170,7 +170,7 @@ async def test_notice_from_one_node_reaches_members_on_another_and_history(
     events = await events_until(ws, has_kind("NOTICE"))
     notice = [e for e in events if e["kind"] == "NOTICE"]
     assert len(notice) == 1 and notice[0]["node"] == "n1"
-    assert notice[0]["args"] == ["gochat:room:lobby", "restart at 10", msg_id]
+    assert notice[0]["args"] == ["gochat:room:{lobby}", "restart at 10", msg_id]
     for c in (bob, carol, ws):
         await c.close()
 
@@ -308,9 +308,11 @@ async def test_a_reaped_nodes_offline_is_one_line_from_the_reaper(
     await recv_type(a, "presence")
     # a node that crashed: its member is registered, its heartbeat is gone
     broker = n1.app[BROKER]
-    await broker._scripts["add"](args=["gochat:", "ghost", "lobby", "ghost/1", "dan", "dan"])
+    keys = broker.presence._room_keys("lobby", "ghost")
+    args = ["PUBLISH", "gochat:room:{lobby}", "lobby", "ghost/1", "dan", "dan", "ghost-1"]
+    await broker._scripts["add"](keys=keys, args=args)
     assert broker._redis is not None
-    await broker._redis.sadd("gochat:nodes", "ghost")
+    await broker._redis.hset("gochat:{nodes}", "ghost", "ghost-1")
     for ws_ in (a, b):
         assert (await recv_type(ws_, "presence"))["status"] == "online"
     for ws_ in (a, b):

@@ -86,7 +86,7 @@ async def test_routing_subscribes_only_with_local_members(
     try:
 
         async def subscribers(room: str) -> int:
-            counts = await r.pubsub_numsub(f"t9:room:{room}")
+            counts = await r.pubsub_numsub(f"t9:room:{{{room}}}")
             return int(counts[0][1])
 
         a, _ = await connect(n1, "a")

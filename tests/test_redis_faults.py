@@ -34,7 +34,7 @@ from .util import TIMEOUT, Chat, connect, join, recv, recv_type, until
 
 pytestmark = pytest.mark.redis
 
-ROOM_CHANNEL = "gochat:room:r"
+ROOM_CHANNEL = "gochat:room:{r}"
 
 
 def broker_events(*apps: Chat) -> dict[str, list[str]]:
@@ -161,7 +161,7 @@ async def test_redis_hanging_debug_sleep(
     r = aioredis.Redis.from_url(debug_redis.url)
     try:  # Redis runs what was queued when it wakes: some refused chats are kept anyway
         entries: list[tuple[bytes, dict[bytes, bytes]]] = cast(
-            Any, await r.xrange("gochat:history:r")
+            Any, await r.xrange("gochat:history:{r}")
         )
         kept = {json.loads(b"{" + f[b"s"][2:])["cid"] for _, f in entries}
     finally:

@@ -27,7 +27,7 @@ async def test_each_publish_sets_the_history_streams_ttl(
     try:
         a, _ = await connect(n1, "a")
         await join(a, "r")
-        key = "gochat:history:r"
+        key = "gochat:history:{r}"
         await a.send_json({"type": "chat", "room": "r", "text": "one"})
         first = (await recv_type(a, "chat"))["id"]
         assert 0 < await r.pttl(key) <= TTL * 1000
@@ -59,7 +59,7 @@ async def test_a_history_ttl_of_0_never_expires_the_stream(
         await join(a, "r")
         await a.send_json({"type": "chat", "room": "r", "text": "kept"})
         await recv_type(a, "chat")
-        assert await r.xlen("gochat:history:r") == 1
-        assert await r.pttl("gochat:history:r") == -1  # exists, no TTL
+        assert await r.xlen("gochat:history:{r}") == 1
+        assert await r.pttl("gochat:history:{r}") == -1  # exists, no TTL
     finally:
         await r.aclose()

@@ -96,9 +96,9 @@ async def test_sigterm_with_redis_stopped_ends_within_grace(
             try:
                 async with asyncio.timeout(ttl + 3):
                     while (
-                        await r.hkeys("gochat:presence_names:lobby") != [uid_of("alice").encode()]
-                        or await r.hkeys("gochat:presence_names:side")
-                        or await r.sismember("gochat:nodes", "n2")
+                        await r.hkeys("gochat:presence_names:{lobby}") != [uid_of("alice").encode()]
+                        or await r.hkeys("gochat:presence_names:{side}")
+                        or await r.hexists("gochat:{nodes}", "n2")
                     ):
                         await asyncio.sleep(0.02)
             finally:

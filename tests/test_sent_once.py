@@ -130,8 +130,8 @@ async def test_the_cids_hash_is_pruned_and_expires_with_the_stream(
         await say(ws, "r", "x", f"c-{i}")
     r = aioredis.Redis.from_url(redis_server.url)
     try:
-        held = max(3, await r.xlen("gochat:history:r"))  # MAXLEN ~ may keep more
-        assert 0 < await r.hlen("gochat:cids:r") <= 2 * held + 1 < 300
-        assert 0 < await r.pttl("gochat:cids:r") <= 60_000
+        held = max(3, await r.xlen("gochat:history:{r}"))  # MAXLEN ~ may keep more
+        assert 0 < await r.hlen("gochat:cids:{r}") <= 2 * held + 1 < 300
+        assert 0 < await r.pttl("gochat:cids:{r}") <= 60_000
     finally:
         await r.aclose()

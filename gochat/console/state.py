@@ -349,7 +349,7 @@ class Console:
         self.tap.emit(
             "NOTICE",
             by,
-            self.settings.key_prefix + "room:" + room,
+            self.broker.channel(room),
             text,
             msg_id,
             room=room,

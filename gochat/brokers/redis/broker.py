@@ -17,13 +17,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import Redis
-
 from ...config import Settings
 from ...protocol import Member
 from ..base import Broker, History
 from . import history
-from .connection import COMMAND_TIMEOUT, FAILURES, Commands, cancel_all, log, unavailable_on_error
+from .connection import (
+    COMMAND_TIMEOUT,
+    FAILURES,
+    Client,
+    Commands,
+    cancel_all,
+    log,
+    unavailable_on_error,
+)
 from .events import EventPump
 from .presence import Presence
 from .publisher import Publisher
@@ -56,10 +62,18 @@ class RedisBroker(Broker):
         )
         self._tasks: list[asyncio.Task[None]] = []
 
+    def channel(self, room: str) -> str:
+        return self.commands.room_channel(room).decode()
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Whether REDIS_URL is a node of a Redis Cluster (known once connected)."""
+        return bool(self.commands.cluster)
+
     # --- what the tests and the console read -----------------------------------------------
 
     @property
-    def _redis(self) -> Redis | None:
+    def _redis(self) -> Client | None:
         """The command client (None before start and after stop)."""
         return self.commands.redis
 
@@ -107,7 +121,6 @@ class RedisBroker(Broker):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.commands.open()
         self.subscriber.open()
         self._set_state(False, "connecting to redis")
         loop = asyncio.get_running_loop()
@@ -164,7 +177,7 @@ class RedisBroker(Broker):
         r = self.commands.usable()
         with unavailable_on_error("history"):
             return await history.read(
-                r, self.commands.key("history:", room), self.history_size, since
+                r, self.commands.room_key("history", room), self.history_size, since
             )
 
     async def presence_add(self, room: str, conn_id: str, user_id: str, name: str) -> None:

@@ -52,7 +52,9 @@ class EventPump:
             try:
                 async with redis.pipeline(transaction=False) as pipe:
                     for data in batch:
-                        pipe.publish(self._commands.events_channel, data)
+                        pipe.execute_command(
+                            self._commands.publish_command, self._commands.events_channel, data
+                        )
                     await pipe.execute()
             except FAILURES as exc:
                 log.debug("dropped %d console events: %s", len(batch), exc)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from redis.asyncio import Redis
-
 from ..base import CHAT_PREFIX, History
+from .connection import Client
 
 STREAM_ID = re.compile(rb"(\d{1,20})-(\d{1,20})")
 MAX_PART = 2**64 - 1  # a stream id is two unsigned 64-bit numbers: Redis refuses more
@@ -29,7 +28,7 @@ def wires(entries: Any) -> History:
     return [(i, CHAT_PREFIX + i + f[b"s"]) for i, f in entries]
 
 
-async def read(r: Redis, key: str, size: int, since: str | None) -> tuple[History, bool | None]:
+async def read(r: Client, key: str, size: int, since: str | None) -> tuple[History, bool | None]:
     """What Broker.history answers, from the stream `key` that keeps `size` messages."""
     recovered: bool | None = None
     if since is not None:
@@ -47,7 +46,7 @@ async def read(r: Redis, key: str, size: int, since: str | None) -> tuple[Histor
     return wires(reversed(latest)), recovered
 
 
-async def newest_id(r: Redis, key: str) -> tuple[int, int]:
+async def newest_id(r: Client, key: str) -> tuple[int, int]:
     """The id of the newest message in the stream `key`, (0, 0) when there is none."""
     newest: Any = await r.xrevrange(key, count=1)
     return (parse_id(newest[0][0]) or (0, 0)) if newest else (0, 0)

@@ -147,11 +147,14 @@ class Publisher:
 
     def publish_keys(self, room: str) -> list[str]:
         """The publish script's keys for `room`: its stream and its cids hash."""
-        return [self._commands.key("history:", room), self._commands.key("cids:", room)]
+        key = self._commands.room_key
+        return [key("history", room), key("cids", room)]
 
     def publish_args(self, room: str, suffix: bytes, dedupe: bytes | None = None) -> list[Any]:
         """The publish script's arguments for one message (no dedupe without history)."""
         size = self._history_size
         channel = self._commands.room_channel(room)
         key = dedupe if dedupe is not None and size else b""
-        return ["~" if size else "=", size, suffix, channel, CHAT_PREFIX, self._history_ttl_ms, key]
+        ttl = self._history_ttl_ms
+        command = self._commands.publish_command
+        return ["~" if size else "=", size, suffix, channel, CHAT_PREFIX, ttl, key, command]

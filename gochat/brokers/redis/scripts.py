@@ -35,7 +35,9 @@ from __future__ import annotations
 # holds twice as many keys as the stream holds entries (MAXLEN ~ may keep more than
 # GOCHAT_HISTORY), and expires with the stream.
 # KEYS[1] stream, KEYS[2] cids hash; ARGV: trim operator (~ or =), maxlen, chat suffix,
-# channel, chat prefix, TTL in ms (0: the stream never expires), dedupe key ('' for none)
+# channel, chat prefix, TTL in ms (0: the stream never expires), dedupe key ('' for none),
+# the publish command (PUBLISH on a single Redis, SPUBLISH on a cluster: the room's channel
+# shares its keys' hash tag, so the message stays on the shard that owns the room)
 PUBLISH = """
 local key = ARGV[7]
 if key ~= '' then
@@ -47,7 +49,7 @@ if key ~= '' then
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 's', ARGV[3])
 if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-redis.call('PUBLISH', ARGV[4], 'c' .. id .. '\\n' .. ARGV[5] .. id .. ARGV[3])
+redis.call(ARGV[8], ARGV[4], 'c' .. id .. '\\n' .. ARGV[5] .. id .. ARGV[3])
 if key ~= '' then
   redis.call('HSET', KEYS[2], key, id)
   if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
@@ -69,133 +71,177 @@ end
 return id
 """
 
-# Shared by the presence scripts. ARGV[1] is always the key prefix. Every script returns
-# the transitions it published as a flat list {room, envelope, room, envelope...}: the node
-# that ran it reports each one to its console, so each is reported once in the cluster.
+# The presence scripts: each touches one room's keys only, all declared, all in the room's
+# slot (hash tag `{room}`), so a cluster runs each on the shard that owns the room. A user's
+# transition is published by the script that changes their count in the room, so once per
+# cluster. Every script returns the transitions it published as a flat list
+# {room, envelope, room, envelope...}: the node that ran it reports each one to its console.
+# KEYS[1] presence:{room} (connection -> userId), KEYS[2] presence_users:{room} (userId ->
+# connections), KEYS[3] presence_names:{room} (userId -> name), KEYS[4]
+# presence_node:{room}:<node> (that node's connections in the room -> its incarnation)
+# ARGV[1] the publish command (PUBLISH or SPUBLISH), ARGV[2] the room's channel, ARGV[3] room
 _PRELUDE = """
-local P = ARGV[1]
+local room = ARGV[3]
 local published = {}
 
-local function announce(room, env)
-  redis.call('PUBLISH', P .. 'room:' .. room, env)
+local function announce(env)
+  redis.call(ARGV[1], ARGV[2], env)
   published[#published + 1] = room
   published[#published + 1] = env
 end
 
-local function envelope(user, name, room, status)
+local function envelope(user, name, status)
   return 'p' .. user .. '\\n{"type":"presence","userId":' .. cjson.encode(user)
     .. ',"name":' .. cjson.encode(name) .. ',"room":' .. cjson.encode(room)
     .. ',"status":"' .. status .. '"}'
 end
 
-local function add(nc, room, conn, user, name)
-  redis.call('SADD', nc, room .. '\\n' .. conn)
-  if redis.call('HSETNX', P .. 'presence:' .. room, conn, user) == 0 then return 0 end
-  if redis.call('HINCRBY', P .. 'presence_users:' .. room, user, 1) == 1 then
-    redis.call('HSET', P .. 'presence_names:' .. room, user, name)
-    announce(room, envelope(user, name, room, 'online'))
+local function add(conn, user, name, inc)
+  redis.call('HSET', KEYS[4], conn, inc)
+  if redis.call('HSETNX', KEYS[1], conn, user) == 0 then return 0 end
+  if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then
+    redis.call('HSET', KEYS[3], user, name)
+    announce(envelope(user, name, 'online'))
   end
   return 1
 end
 
-local function remove(nc, room, conn)
-  redis.call('SREM', nc, room .. '\\n' .. conn)
-  local pk = P .. 'presence:' .. room
-  local user = redis.call('HGET', pk, conn)
+local function remove(conn)
+  redis.call('HDEL', KEYS[4], conn)
+  local user = redis.call('HGET', KEYS[1], conn)
   if not user then return 0 end
-  redis.call('HDEL', pk, conn)
-  local uk = P .. 'presence_users:' .. room
-  if redis.call('HINCRBY', uk, user, -1) <= 0 then
-    local nk = P .. 'presence_names:' .. room
-    local name = redis.call('HGET', nk, user) or user
-    redis.call('HDEL', uk, user)
-    redis.call('HDEL', nk, user)
-    announce(room, envelope(user, name, room, 'offline'))
+  redis.call('HDEL', KEYS[1], conn)
+  if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+    local name = redis.call('HGET', KEYS[3], user) or user
+    redis.call('HDEL', KEYS[2], user)
+    redis.call('HDEL', KEYS[3], user)
+    announce(envelope(user, name, 'offline'))
   end
   return 1
-end
-
-local function remove_member(nc, m)
-  local nl = string.find(m, '\\n', 1, true)
-  return remove(nc, string.sub(m, 1, nl - 1), string.sub(m, nl + 1))
-end
-
-local function drop_node(node)
-  local nc = P .. 'node_conns:' .. node
-  for _, m in ipairs(redis.call('SMEMBERS', nc)) do remove_member(nc, m) end
-  redis.call('DEL', nc)
-  redis.call('SREM', P .. 'nodes', node)
 end
 """
 
-# ARGV: prefix, node, room, connection id, userId, name
+# ARGV[4..]: connection id, userId, name, the node's incarnation
 PRESENCE_ADD = (
     _PRELUDE
     + """
-add(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+add(ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return published
 """
 )
 
-# ARGV: prefix, node, room, connection id
+# ARGV[4]: connection id
 PRESENCE_REMOVE = (
     _PRELUDE
     + """
-remove(P .. 'node_conns:' .. ARGV[2], ARGV[3], ARGV[4])
+remove(ARGV[4])
 return published
 """
 )
 
-# Make the node's registered presence equal to what it has now, publishing only real
-# transitions (a short blip changes nothing; after a Redis restart everything is added).
-# ARGV: prefix, node, then (room, connection id, userId, name) for each local membership
+# Make the node's registered presence in one room equal to what it has now, publishing only
+# real transitions (a short blip changes nothing; after a Redis restart everything is added):
+# its other connections there are removed, these are added and stamped with its incarnation.
+# ARGV[4]: the node's incarnation, then (connection id, userId, name) per local membership
 PRESENCE_SYNC = (
     _PRELUDE
     + """
-local nc = P .. 'node_conns:' .. ARGV[2]
 local want = {}
-for i = 3, #ARGV, 4 do want[ARGV[i] .. '\\n' .. ARGV[i + 1]] = true end
+for i = 5, #ARGV, 3 do want[ARGV[i]] = true end
 local removed, added = 0, 0
-for _, m in ipairs(redis.call('SMEMBERS', nc)) do
-  if not want[m] then removed = removed + remove_member(nc, m) end
+for _, conn in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if not want[conn] then removed = removed + remove(conn) end
 end
-for i = 3, #ARGV, 4 do added = added + add(nc, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
+for i = 5, #ARGV, 3 do added = added + add(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[4]) end
 return {removed, added, published}
 """
 )
 
-# Refresh the heartbeat; returns 1 when the node was not registered (first start, or other
-# nodes reaped it while it could not reach Redis): the caller then registers its presence.
-# ARGV: prefix, node, info JSON, ttl in ms
-HEARTBEAT = """
-redis.call('SET', ARGV[1] .. 'node:' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
-return redis.call('SADD', ARGV[1] .. 'nodes', ARGV[2])
-"""
-
-# Every node runs this periodically; the first run after a heartbeat expires removes the
-# dead node's members and publishes their `offline`, later runs find nothing to do.
-# ARGV: prefix, calling node
-REAP = (
+# A node's connections in one room leave (reaping a dead node, or a clean goodbye): those
+# stamped with incarnation ARGV[4] ('' for every one). A node reaped while alive re-stamps
+# its connections with a new incarnation when it registers again, so a reaper still working
+# through the old one cannot remove them.
+PRESENCE_DROP = (
     _PRELUDE
     + """
-local dead = {}
-for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  if node ~= ARGV[2] and redis.call('EXISTS', P .. 'node:' .. node) == 0 then
-    drop_node(node)
-    dead[#dead + 1] = node
-  end
+local all = redis.call('HGETALL', KEYS[4])
+for i = 1, #all, 2 do
+  if ARGV[4] == '' or all[i + 1] == ARGV[4] then remove(all[i]) end
 end
-return {dead, published}
+return published
 """
 )
 
-# A clean goodbye: this node's members leave (offline where they were the last), heartbeat gone.
-# ARGV: prefix, node
-LEAVE = (
-    _PRELUDE
+# The node table: KEYS[1] nodes (node -> incarnation, or `dead:<incarnation>` once reaped),
+# KEYS[2] alive (sorted set: node -> when its heartbeat expires, ms of Redis's clock),
+# KEYS[3] info (node -> its JSON description, for the console). One hash tag, one slot.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Refresh the heartbeat. Returns 0 when the node was registered under its incarnation
+# ARGV[2]; else (first start, a previous run under the same id, reaped while it could not
+# reach Redis) registers it under ARGV[3] and returns 1: the caller then takes ARGV[3] as its
+# incarnation and registers its presence again.
+# ARGV: node, incarnation, next incarnation, info JSON, ttl in ms
+HEARTBEAT = (
+    _NOW
     + """
-drop_node(ARGV[2])
-redis.call('DEL', P .. 'node:' .. ARGV[2])
-return published
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+)
+
+# Every node runs this periodically: each other node whose heartbeat expired is marked dead
+# (once: `dead:<incarnation>`). Returns {newly marked nodes, {node, incarnation} of every
+# node marked dead}: the caller removes their presence room by room (PRESENCE_DROP, which
+# is idempotent, so several reapers agree) and then REAPED takes the node out of the table.
+# ARGV: calling node
+REAP = (
+    _NOW
+    + """
+local marked = {}
+local dead = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local node, inc = all[i], all[i + 1]
+  if string.sub(inc, 1, 5) == 'dead:' then
+    dead[#dead + 1] = {node, string.sub(inc, 6)}
+  elseif node ~= ARGV[1] then
+    local expires = redis.call('ZSCORE', KEYS[2], node)
+    if not expires or tonumber(expires) <= now then
+      redis.call('HSET', KEYS[1], node, 'dead:' .. inc)
+      redis.call('ZREM', KEYS[2], node)
+      redis.call('HDEL', KEYS[3], node)
+      marked[#marked + 1] = node
+      dead[#dead + 1] = {node, inc}
+    end
+  end
+end
+return {marked, dead}
+"""
+)
+
+# The dead node ARGV[1] (incarnation ARGV[2]) has no presence left: out of the table, unless
+# it registered again meanwhile. Also a clean goodbye (ARGV[2] its live incarnation).
+REAPED = """
+local inc = redis.call('HGET', KEYS[1], ARGV[1])
+if inc == ARGV[2] or inc == 'dead:' .. ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 0
+"""
+
+# The console's nodes table: the info of every node whose heartbeat has not expired.
+NODES = (
+    _NOW
+    + """
+local alive = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')
+if #alive == 0 then return {} end
+return redis.call('HMGET', KEYS[3], unpack(alive))
 """
 )
