@@ -1,18 +1,25 @@
-"""Several in-process gochat nodes on one real Redis: start them, ask their readiness."""
+"""Several in-process gochat nodes on one real Redis or Redis Cluster: start them, ask their
+readiness."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from gochat.keys import BROKER
 
-from .redis_server import RedisServer
 from .util import Chat
 
 
-async def nodes(make_chat: Any, server: RedisServer, *names: str, **extra: Any) -> list[Chat]:
+class HasUrl(Protocol):
+    """A single redis-server (RedisServer) or a Redis Cluster (RedisCluster)."""
+
+    @property
+    def url(self) -> str: ...
+
+
+async def nodes(make_chat: Any, server: HasUrl, *names: str, **extra: Any) -> list[Chat]:
     """One app per name, all on `server`, each ready before it is returned."""
     apps = [await make_chat(redis_url=server.url, node_id=n, **extra) for n in names]
     for app in apps:

@@ -19,7 +19,7 @@ import pytest
 from gochat.console.keys import CONSOLE
 from gochat.keys import BROKER, HUB, TAP
 
-from .cluster import nodes
+from .cluster import HasUrl, nodes
 from .console import BEARER, TOKEN, events_until, has_kind, open_stream
 from .redis_server import RedisServer
 from .util import TIMEOUT, Chat, connect, join, recv, recv_type, uid_of, until
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.redis
 Stream = aiohttp.ClientWebSocketResponse
 
 
-async def cluster(make_chat: Any, server: RedisServer, *names: str, **extra: Any) -> list[Chat]:
+async def cluster(make_chat: Any, server: HasUrl, *names: str, **extra: Any) -> list[Chat]:
     """One app per name on `server`, all with the same admin token, each ready."""
     return await nodes(make_chat, server, *names, admin_token=TOKEN, **extra)
 
@@ -56,9 +56,9 @@ async def barrier(ws: Stream, node: Chat, name: str) -> list[dict[str, Any]]:
 
 
 async def test_stream_on_one_node_sees_another_nodes_events_once(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
-    n1, n2 = await cluster(make_chat, redis_server, "n1", "n2")
+    n1, n2 = await cluster(make_chat, any_redis, "n1", "n2")
     ws = await watch(n1, n2)
     bob, welcome = await connect(n2, "bob")
     assert welcome["node"] == "n2"
@@ -85,10 +85,8 @@ async def test_stream_on_one_node_sees_another_nodes_events_once(
     await ws.close()
 
 
-async def test_filters_apply_to_another_nodes_events(
-    redis_server: RedisServer, make_chat: Any
-) -> None:
-    n1, n2 = await cluster(make_chat, redis_server, "n1", "n2")
+async def test_filters_apply_to_another_nodes_events(any_redis: HasUrl, make_chat: Any) -> None:
+    n1, n2 = await cluster(make_chat, any_redis, "n1", "n2")
     ws = await watch(n1, n2)
     viewer = next(iter(n1.app[CONSOLE].viewers))
     await ws.send_json({"type": "filter", "node": "n2", "kinds": ["PUBLISH"]})
@@ -123,9 +121,9 @@ async def test_filters_apply_to_another_nodes_events(
 
 
 async def test_kick_on_one_node_closes_a_connection_on_another(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
-    n1, n2 = await cluster(make_chat, redis_server, "n1", "n2")
+    n1, n2 = await cluster(make_chat, any_redis, "n1", "n2")
     ws = await watch(n1, n2)
     mallory, _ = await connect(n2, "mallory")
     (client,) = n2.app[HUB].clients.values()
@@ -151,9 +149,9 @@ async def test_kick_on_one_node_closes_a_connection_on_another(
 
 
 async def test_notice_from_one_node_reaches_members_on_another_and_history(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
-    n1, n2 = await cluster(make_chat, redis_server, "n1", "n2")
+    n1, n2 = await cluster(make_chat, any_redis, "n1", "n2")
     ws = await watch(n1, n2)
     bob, _ = await connect(n2, "bob")
     await join(bob, "lobby")
@@ -176,10 +174,10 @@ async def test_notice_from_one_node_reaches_members_on_another_and_history(
 
 
 async def test_nodes_table_is_cluster_wide_and_drops_a_stopped_node(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
     # a short TTL refreshes every node's published stats every 0.2 s
-    n1, n2, n3 = await cluster(make_chat, redis_server, "n1", "n2", "n3", presence_ttl=1.2)
+    n1, n2, n3 = await cluster(make_chat, any_redis, "n1", "n2", "n3", presence_ttl=1.2)
     socks = []
     for app, count in ((n2, 2), (n3, 1)):
         for i in range(count):
@@ -222,9 +220,9 @@ async def until_async(check: Any, timeout: float = TIMEOUT, what: str = "conditi
 
 
 async def test_logout_on_one_node_revokes_the_session_on_every_node(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
-    n1, n2 = await cluster(make_chat, redis_server, "n1", "n2")
+    n1, n2 = await cluster(make_chat, any_redis, "n1", "n2")
     resp = await n1.post("/admin/login", data={"token": TOKEN}, allow_redirects=False)
     assert resp.status == 303
     cookie = {"Cookie": f"gochat_admin={resp.cookies['gochat_admin'].value}"}
@@ -270,9 +268,9 @@ async def test_console_sees_its_own_node_while_redis_is_down(
 
 
 async def test_presence_is_one_line_per_transition_cluster_wide(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
-    n1, n2, n3 = await cluster(make_chat, redis_server, "n1", "n2", "n3")
+    n1, n2, n3 = await cluster(make_chat, any_redis, "n1", "n2", "n3")
     ws = await watch(n1, n2, n3)
     a, _ = await connect(n1, "ann")
     b, _ = await connect(n2, "ben")
@@ -296,10 +294,10 @@ async def test_presence_is_one_line_per_transition_cluster_wide(
 
 
 async def test_a_reaped_nodes_offline_is_one_line_from_the_reaper(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
     # n3 has nobody in the room, so it may reap without receiving the room at all
-    n1, n2, n3 = await cluster(make_chat, redis_server, "n1", "n2", "n3", presence_ttl=1.2)
+    n1, n2, n3 = await cluster(make_chat, any_redis, "n1", "n2", "n3", presence_ttl=1.2)
     ws = await watch(n1, n2, n3)
     a, _ = await connect(n1, "ann")
     b, _ = await connect(n2, "ben")
@@ -309,7 +307,8 @@ async def test_a_reaped_nodes_offline_is_one_line_from_the_reaper(
     # a node that crashed: its member is registered, its heartbeat is gone
     broker = n1.app[BROKER]
     keys = broker.presence._room_keys("lobby", "ghost")
-    args = ["PUBLISH", "gochat:room:{lobby}", "lobby", "ghost/1", "dan", "dan", "ghost-1"]
+    command = broker.commands.publish_command  # SPUBLISH on a cluster
+    args = [command, broker.channel("lobby"), "lobby", "ghost/1", "dan", "dan", "ghost-1"]
     await broker._scripts["add"](keys=keys, args=args)
     assert broker._redis is not None
     await broker._redis.hset("gochat:{nodes}", "ghost", "ghost-1")

@@ -20,7 +20,7 @@ from gochat.brokers.base import BrokerUnavailable, chat_suffix
 from gochat.events import Event
 from gochat.keys import BROKER, TAP
 
-from .cluster import nodes, readyz, until_ready
+from .cluster import HasUrl, nodes, readyz, until_ready
 from .procs import Node
 from .redis_server import RedisServer
 from .util import anon, connect, join, nothing_more, recv, recv_type, uid_of, until, vanish
@@ -33,8 +33,8 @@ async def chats_until(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[d
     return [await recv_type(ws, "chat") for _ in range(count)]
 
 
-async def test_cross_node_chat_presence_members(redis_server: RedisServer, make_chat: Any) -> None:
-    n1, n2, n3 = await nodes(make_chat, redis_server, "n1", "n2", "n3")
+async def test_cross_node_chat_presence_members(any_redis: HasUrl, make_chat: Any) -> None:
+    n1, n2, n3 = await nodes(make_chat, any_redis, "n1", "n2", "n3")
     alice, wa = await connect(n1, "alice")
     assert wa["node"] == "n1"
     await join(alice, "lobby")
@@ -116,9 +116,9 @@ async def _eventually(get: Any, want: Any, timeout: float = 5.0) -> None:
 
 
 async def test_one_order_across_nodes_under_concurrent_senders(
-    redis_server: RedisServer, make_chat: Any
+    any_redis: HasUrl, make_chat: Any
 ) -> None:
-    apps = await nodes(make_chat, redis_server, "n1", "n2", "n3")
+    apps = await nodes(make_chat, any_redis, "n1", "n2", "n3")
     socks = []
     for i, app in enumerate(apps):
         ws, _ = await connect(app, f"u{i}")
@@ -146,8 +146,8 @@ async def test_one_order_across_nodes_under_concurrent_senders(
         assert mine == [f"{i}-{k}" for k in range(per_sender)]
 
 
-async def test_history_and_since_across_nodes(redis_server: RedisServer, make_chat: Any) -> None:
-    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2", history=3)
+async def test_history_and_since_across_nodes(any_redis: HasUrl, make_chat: Any) -> None:
+    n1, n2 = await nodes(make_chat, any_redis, "n1", "n2", history=3)
     a, _ = await connect(n1, "a")
     await join(a, "r")
     ids = []
@@ -367,10 +367,8 @@ class Cluster:
         return {"test": True}
 
 
-async def test_console_events_and_nodes_cluster_wide(
-    redis_server: RedisServer, make_chat: Any
-) -> None:
-    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+async def test_console_events_and_nodes_cluster_wide(any_redis: HasUrl, make_chat: Any) -> None:
+    n1, n2 = await nodes(make_chat, any_redis, "n1", "n2")
     got: dict[str, list[bytes]] = {"n1": [], "n2": []}
     for name, app in (("n1", n1), ("n2", n2)):
         app.app[BROKER].attach_cluster(Cluster(got[name]))
@@ -382,8 +380,8 @@ async def test_console_events_and_nodes_cluster_wide(
     assert all(n["broker"] == "redis" and n["ready"] is True for n in listed)
 
 
-async def test_clean_stop_sends_offline_at_once(redis_server: RedisServer, make_chat: Any) -> None:
-    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+async def test_clean_stop_sends_offline_at_once(any_redis: HasUrl, make_chat: Any) -> None:
+    n1, n2 = await nodes(make_chat, any_redis, "n1", "n2")
     alice, _ = await connect(n1, "alice")
     await join(alice, "lobby")
     bob, _ = await connect(n2, "bob")

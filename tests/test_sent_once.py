@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from gochat.keys import BROKER, HUB
 
-from .cluster import nodes
+from .cluster import HasUrl, nodes
 from .conftest import MakeChat
 from .redis_server import RedisServer
 from .util import Chat, connect, join, nothing_more, recv_type
@@ -91,20 +91,18 @@ async def test_many_cids_keep_the_memory_bounded(make_chat: MakeChat) -> None:
 
 
 @pytest.mark.redis
-async def test_a_cid_is_published_once_across_nodes(
-    redis_server: RedisServer, make_chat: MakeChat
-) -> None:
-    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+async def test_a_cid_is_published_once_across_nodes(any_redis: HasUrl, make_chat: MakeChat) -> None:
+    n1, n2 = await nodes(make_chat, any_redis, "n1", "n2")
     await check_once(n1, n2, n2)
     assert n1.app[HUB].stats.repeated == 1 and n2.app[HUB].stats.repeated == 1
 
 
 @pytest.mark.redis
 async def test_a_burst_of_one_cid_in_one_pipeline_is_one_message(
-    redis_server: RedisServer, make_chat: MakeChat
+    any_redis: HasUrl, make_chat: MakeChat
 ) -> None:
     """Resends in one group commit: the script runs them in order, the first one wins."""
-    n1, n2 = await nodes(make_chat, redis_server, "n1", "n2")
+    n1, n2 = await nodes(make_chat, any_redis, "n1", "n2")
     watcher, _ = await connect(n2, "watcher")
     await join(watcher, "r")
     ws, _ = await connect(n1, "sender")
