@@ -101,13 +101,16 @@ class RedisCluster:
         return {k: v.strip() for k, v in pairs}
 
     def wait_ok(self, timeout: float = READY_TIMEOUT) -> None:
-        """Until every live node reports `cluster_state:ok` and knows every live node."""
+        """Until every live node reports `cluster_state:ok` and knows every node, and every
+        replica is in sync with its master."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 states = [self.info(p) for p in self.procs]
-                if all(s.get("cluster_state") == "ok" for s in states) and all(
-                    int(s.get("cluster_known_nodes", 0)) >= len(self.ports) for s in states
+                if (
+                    all(s.get("cluster_state") == "ok" for s in states)
+                    and all(int(s.get("cluster_known_nodes", 0)) >= len(self.ports) for s in states)
+                    and all(self._synced(p) for p in self.procs)
                 ):
                     return
             except OSError:
@@ -115,6 +118,12 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis cluster not ok after {timeout}s")
             time.sleep(0.05)
+
+    def _synced(self, port: int) -> bool:
+        """A master, or a replica whose link to its master is up (its first sync done): a
+        replica promoted before that would come up empty."""
+        raw = _command(port, "INFO", "replication").decode(errors="replace")
+        return "role:master" in raw or "master_link_status:up" in raw
 
     def masters(self) -> list[int]:
         """The ports of the live masters (CLUSTER NODES from a live node)."""
