@@ -1,25 +1,29 @@
 """The Lua scripts of the Redis broker: each one is atomic, so each decision is made once.
 
-Keys and channels (P is the configurable prefix, default `gochat:`):
+Keys and channels (P is the configurable prefix, default `gochat:`; braces are literal: a
+Redis Cluster hash tag, so all of a room's keys and its channel live in the room's slot):
 
-    P room:{room}             channel: the room's envelopes (`c<id>` chat, `p<userId>` presence)
-    P history:{room}          stream: chat suffixes, MAXLEN ~ GOCHAT_HISTORY; entry id = message id;
-                              expires GOCHAT_HISTORY_TTL after the room's last message
-    P cids:{room}             hash: dedupe key (userId, cid) -> id of the message published
-                              under it (kept while the stream may hold it; expires with it)
-    P presence:{room}         hash: connection id -> userId (connection ids are `{node}/{n}`)
-    P presence_users:{room}   hash: userId -> connections in the room, cluster-wide
-    P presence_names:{room}   hash: userId -> display name (the room's members)
-    P node_conns:{node}       set: `{room}\\n{connection id}` registered by that node
-    P node:{node}             string with a TTL: the node's heartbeat (its JSON info)
-    P nodes                   set: node ids that may own presence entries
-    P control:{node}          channel: the node's own liveness probe
-    P events                  channel: console events of every node
+    P room:{room}                  channel: the room's envelopes (`c<id>` chat, `p<userId>`
+                                   presence); sharded (SPUBLISH) on a cluster
+    P history:{room}               stream: chat suffixes, MAXLEN ~ GOCHAT_HISTORY; entry id =
+                                   message id; expires GOCHAT_HISTORY_TTL after the last message
+    P cids:{room}                  hash: dedupe key (userId, cid) -> id of the message published
+                                   under it (kept while the stream may hold it; expires with it)
+    P presence:{room}              hash: connection id -> userId (connection ids are `{node}/{n}`)
+    P presence_users:{room}        hash: userId -> connections in the room, cluster-wide
+    P presence_names:{room}        hash: userId -> display name (the room's members)
+    P presence_node:{room}:<node>  hash: that node's connections in the room -> its incarnation
+    P {nodes}                      hash: node -> incarnation, or `dead:<incarnation>` when reaped
+    P {nodes}:alive                sorted set: node -> when its heartbeat expires (ms)
+    P {nodes}:info                 hash: node -> its JSON info, for the console
+    P control:<node>[:{n}]         channel: the node's liveness probe (one per master on a cluster)
+    P events                       channel: console events of every node
 
 A user's `online` is published when their count in a room goes from 0 to 1, and `offline`
 when it returns to 0, inside the script that changes the count: exactly once per cluster.
-The presence scripts build key names from the prefix, so they need a single Redis (or a
-cluster with every key in one slot); the publish script declares its keys.
+Every script declares the keys it touches, and no script touches two slots: the presence
+scripts work on one room; what spans rooms (a re-registration, reaping, a goodbye) is one
+script per room, pipelined.
 """
 
 from __future__ import annotations
