@@ -93,8 +93,8 @@ def medians(rows: Iterable[Row]) -> list[Row]:
     return out
 
 
-def _pct(key: str) -> Callable[[Row], str]:
-    return lambda r: "–" if _get(r, key) is None else f"{100 * _get(r, key):.0f}%"
+def _pct(key: str, digits: int = 0) -> Callable[[Row], str]:
+    return lambda r: "–" if _get(r, key) is None else f"{100 * _get(r, key):.{digits}f}%"
 
 
 def _flags(row: Row) -> str:
@@ -259,6 +259,22 @@ def render(rows: list[Row]) -> str:
             "### S6 `--workers 2` against two separately started nodes (S4's work)\n",
             table(of("S6"), [*fanout[:-1], ("supervisor CPU s", "supervisor_cpu_s"), fanout[-1]]),
             table(ratios_of("S6"), ratio_cols),
+        ]
+    if of("S7"):
+        redis_cols: list[Column] = [
+            ("Redis CPU", _pct("redis_cpu_util", 1)),
+            ("Redis µs/delivery", "redis_us_per_delivery"),
+            ("Redis µs/message", "redis_us_per_message"),
+            ("busiest redis-server", _pct("redis_max_cpu_util", 1)),
+            ("Redis idle CPU", _pct("redis_idle_cpu_util", 1)),
+        ]
+        out += [
+            "### S7 two gochat nodes on one Redis and on a 3-master Redis Cluster (S4; and S2's "
+            "200 rooms)\n",
+            table(
+                of("S7"), [*fanout[:1], ("rooms", "rooms"), *fanout[1:-1], *redis_cols, fanout[-1]]
+            ),
+            table(ratios_of("S7"), [*ratio_cols, ("Redis µs/delivery", "redis_us_per_delivery")]),
         ]
     if of("API"):
         members = of("API")[0].get("clients")

@@ -17,6 +17,12 @@ Scenarios (1000 clients in one room unless said; 64-byte texts):
       alive) posting to a room of --api-members WebSocket clients, then one of them
       publishing the same messages over its WebSocket at the rate the API reached (one
       gochat process, one run: bench/api_publish.py)
+  S7  S4 on a 3-master Redis Cluster (+3 replicas) and on one private Redis, side by side,
+      with the Redis processes' CPU per delivery; then the same with S2's 200 rooms at
+      --s2-rate (bench/cluster_fanout.py; a few minutes, so only when named)
+  S8  connections per process: one gochat process at 5,000, 10,000 and 19,000 idle
+      connections, a chat into 1,000 of them, the console snapshot (bench/conn_scale.py;
+      several minutes, so only when named: not in `all`)
 
 Every server under test runs in its own process, started here for each run and ended after
 it, pinned to core 0; this process (the load generator) pins itself to core 1. Lines:
@@ -62,6 +68,9 @@ from bench import api_publish, loadgen, report  # noqa: E402
 SERVER_CORE, LOADGEN_CORE = 0, 1
 RESERVED_PORTS = {8080, 6379}  # never used: a developer's own server and Redis live there
 ALL_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "API")
+# run only when named: S7 starts a six-process Redis Cluster (about 3.5 min), S8 holds
+# 19,000 connections (about 4 min)
+NAMED_ONLY = ("S7", "S8")
 
 # Settings of gochat under test: no per-connection rate limit (one client publishes the whole
 # offered rate), no per-address cap (every client is 127.0.0.1), and a send buffer that a
@@ -258,10 +267,12 @@ async def deploy(
     ready_timeout: float = 30.0,
     env: dict[str, str] | None = None,
     workers: int = 1,
+    redis_url: str | None = None,
 ) -> AsyncIterator[Deployment]:
     """Start `kind` ("gochat", "gochat-public" = gochat with GOCHAT_FAST_PATHS=0, or "naive";
-    gochat with nodes=2 adds a private Redis; `env`: more settings for gochat), yield it once
-    it serves, and end every process of it afterwards, whatever happened."""
+    gochat with nodes=2 adds a private Redis, or uses `redis_url` (S7's cluster: not started
+    or ended here); `env`: more settings for gochat), yield it once it serves, and end every
+    process of it afterwards, whatever happened."""
     dep = Deployment([], [])
     try:
         if kind == "naive":
@@ -275,7 +286,9 @@ async def deploy(
             # gochat-public: aiohttp's public API only, to measure what the shortcuts save
             extra = {"GOCHAT_FAST_PATHS": "0"} if kind == "gochat-public" else {}
             extra |= env or {}
-            if nodes > 1 or workers > 1:
+            if redis_url is not None:  # a prefix of its own there too
+                extra |= {"REDIS_URL": redis_url, "GOCHAT_PREFIX": f"bench{secrets.token_hex(4)}:"}
+            elif nodes > 1 or workers > 1:
                 redis_bin = shutil.which("redis-server")
                 if redis_bin is None:
                     raise RuntimeError("S4 needs redis-server on PATH")
@@ -540,6 +553,7 @@ RATIO_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     "S3": (("rss_per_conn_kb", "rss_per_conn_kb"), ("server_cpu_util", "server_cpu_util")),
     "S4": _FANOUT_RATIOS,
     "S6": _FANOUT_RATIOS,
+    "S7": (*_FANOUT_RATIOS, ("redis_us_per_delivery", "redis_us_per_delivery")),
     "API": (
         ("delivered_rate", "delivered_rate"),
         ("us_per_message", "us_per_message"),
@@ -695,6 +709,24 @@ async def bench(o: Options, emit: Callable[[dict[str, Any]], None], round_no: in
                     run = functools.partial(run_s6, o, rate, server)
                     await measure(f"S6 {server} + redis at {rate:g} msg/s", run)
                 compare(("S6", "gochat-workers", rate), ("S6", "gochat-nodes", rate))
+        elif sc == "S7":
+            if "gochat" not in o.servers:
+                continue
+            from bench import cluster_fanout  # imported here: it imports this module
+
+            kinds = cluster_fanout.REDIS_KINDS[:: 1 if round_no % 2 else -1]
+            for rate, rooms in [*((r, 1) for r in o.s4_rates), (o.s2_rate, cluster_fanout.ROOMS)]:
+                for redis in kinds:
+                    run = functools.partial(cluster_fanout.run_s7, o, rate, redis, rooms)
+                    await measure(f"S7 gochat x2 + {redis}, {rooms} room(s), {rate:g} msg/s", run)
+                names = [cluster_fanout.server_name(k, rooms) for k in ("cluster", "redis")]
+                compare(("S7", names[0], rate), ("S7", names[1], rate))
+        elif sc == "S8":
+            if "gochat" not in o.servers:
+                continue
+            from bench import conn_scale  # imported here: it imports this module
+
+            failures += await conn_scale.run_scenario(o.logdir, o.pin, o.idle, emit)
         else:
             rate_key = o.s2_rate if sc == "S2" else None
             for server in servers:
@@ -761,7 +793,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.split("\n\n")[1:]),
     )
-    p.add_argument("--scenario", default="all", help="comma-separated S1..S5, API, or all")
+    p.add_argument(
+        "--scenario",
+        default="all",
+        help="comma-separated S1..S8 and API, or all (S1-S6 and API; S7 and S8 only by name)",
+    )
     p.add_argument(
         "--servers",
         default="gochat,naive",
@@ -822,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_pin:
         log("fewer than 2 cores: nothing pinned, figures are not comparable to the reference")
     scenarios = ALL_SCENARIOS if args.scenario == "all" else args.scenario.upper().split(",")
-    bad = [s for s in scenarios if s not in ALL_SCENARIOS] + [
+    bad = [s for s in scenarios if s not in ALL_SCENARIOS + NAMED_ONLY] + [
         s for s in servers if s not in ("gochat", "gochat-public", "naive")
     ]
     if bad:

@@ -2,7 +2,8 @@
 
 Created with `redis-cli --cluster create ... --cluster-replicas 1`, without persistence,
 each node's cluster config in a temporary folder. A test may SIGKILL a master and wait for
-its replica to take over (`kill`, `until_failover`).
+its replica to take over (`kill`, `until_failover`). `bench/cluster_fanout.py` (S7) starts one
+too, passing `preexec_fn` to pin its processes and have them die with the benchmark.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,7 +49,8 @@ def _complete(data: bytes) -> bool:
 class RedisCluster:
     """Six redis-server processes in cluster mode (3 masters, 3 replicas), on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, preexec_fn: Callable[[], object] | None = None) -> None:
+        """`preexec_fn` runs in each redis-server before its exec (as `subprocess.Popen`'s)."""
         exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if exe is None or cli is None:
             pytest.fail(
@@ -59,6 +62,7 @@ class RedisCluster:
         self.ports = [free_port() for _ in range(2 * MASTERS)]
         self.dir = Path(tempfile.mkdtemp(prefix="gochat-cluster-"))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.preexec_fn = preexec_fn
 
     @property
     def url(self) -> str:
@@ -75,7 +79,7 @@ class RedisCluster:
         args += ["--dir", str(self.dir), "--save", "", "--appendonly", "no"]
         args += ["--protected-mode", "no", "--enable-debug-command", "yes"]
         self.procs[port] = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=self.preexec_fn
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not _ping(port):
