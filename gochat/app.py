@@ -21,6 +21,7 @@ from .console.auth import LoginThrottle
 from .console.keys import CONSOLE
 from .console.views import add_admin
 from .events import EventTap
+from .gcfreeze import CollectorCalm
 from .keys import BROKER, FAST_PATHS, FIRST_FRAME, HUB, SETTINGS, TAP
 from .protocol import CloseCode
 
@@ -124,6 +125,20 @@ def add_heartbeat(app: web.Application, hub: Hub, interval: float) -> None:
     app.on_cleanup.append(stop)
 
 
+def add_collector_calm(app: web.Application, hub: Hub) -> None:
+    """Freeze the long-lived objects of connections as they accumulate (gcfreeze.py)."""
+    calm = CollectorCalm(lambda: len(hub.clients))
+
+    async def start(app: web.Application) -> None:
+        calm.start()
+
+    async def stop(app: web.Application) -> None:
+        calm.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
 def create_app(
     settings: Settings | None = None, *, broker: Broker | None = None
 ) -> web.Application:
@@ -143,6 +158,7 @@ def create_app(
     if settings.handshake_timeout:
         add_first_frame_watch(app, hub, settings.handshake_timeout)
     add_heartbeat(app, hub, settings.heartbeat)
+    add_collector_calm(app, hub)
 
     app.router.add_get("/ws", chat_ws)
     app.router.add_get("/healthz", healthz)
