@@ -126,6 +126,7 @@ def serve(parser: argparse.ArgumentParser, settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             shutdown_timeout=settings.shutdown_grace,
+            backlog=settings.backlog,  # aiohttp's own is 128: a reconnect storm overflows it
             print=serving,
             access_log=None,
             handle_signals=not ours,

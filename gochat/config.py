@@ -133,6 +133,13 @@ OPTIONS: tuple[Option, ...] = (
         "--max-connections",
     ),
     Option(
+        "backlog",
+        "GOCHAT_BACKLOG",
+        "connections the kernel may queue for this process to accept (the listen backlog; "
+        "the kernel caps it at net.core.somaxconn): what a reconnect storm needs",
+        "--backlog",
+    ),
+    Option(
         "shutdown_grace",
         "GOCHAT_SHUTDOWN_GRACE",
         "seconds the whole shutdown may take (keep it below the PaaS's kill timeout)",
@@ -211,6 +218,7 @@ class Settings(BaseModel):
     max_connections: int = Field(0, ge=0)
     shutdown_grace: float = Field(5, ge=0)
     shutdown_batch: int = Field(500, ge=1)
+    backlog: int = Field(4096, ge=1, le=1_048_576)
     handshake_timeout: float = Field(10, ge=0)
     write_timeout: float = Field(30, ge=0)
     fragment_timeout: float = Field(10, gt=0, le=10)

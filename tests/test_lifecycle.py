@@ -29,6 +29,37 @@ async def _client(session: aiohttp.ClientSession, node: Node, name: str) -> Any:
     return ws
 
 
+async def _queued(port: int, tries: int) -> int:
+    """How many of `tries` TCP connections the kernel completes for a process that accepts
+    none (it is stopped): its listen backlog, plus one (Linux)."""
+    opened = []
+    try:
+        for _ in range(tries):
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
+            except TimeoutError:  # the SYN was dropped: the queue is full
+                break
+            opened.append(writer)
+        return len(opened)
+    finally:
+        for writer in opened:
+            writer.close()
+
+
+async def test_the_listen_backlog_is_the_setting() -> None:
+    """GOCHAT_BACKLOG is what the kernel queues while the process accepts nothing (as when
+    every client reconnects at once); the default has room for far more than aiohttp's 128."""
+    for env, expected in (({"GOCHAT_BACKLOG": "3"}, range(3, 6)), ({}, range(200, 201))):
+        node = await Node.start(env=env)
+        node.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert await _queued(node.port, 200) in expected, env
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
+            code, err = await node.stop()
+        assert code == 0, err
+
+
 async def test_sigterm_closes_clients_1001_and_exits_cleanly() -> None:
     node = await Node.start(env={"GOCHAT_SHUTDOWN_GRACE": "3"})
     try:
