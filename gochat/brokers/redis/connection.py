@@ -62,8 +62,10 @@ def reason(exc: BaseException) -> str:
     return f"redis unreachable: {text[:160]}"
 
 
-async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait for them, cancelling again any that is still running.
+async def cancel_all(tasks: list[asyncio.Task[None]], report: bool = True) -> None:
+    """Cancel `tasks` and wait for them, cancelling again any that is still running; log
+    the error of one that failed (`report=False`: the caller had its errors already, they
+    are only retrieved).
 
     One cancel is not always enough: a cancel that lands while redis-py finishes a pipeline
     can be lost (the task stays "cancelling" and goes back to waiting for work), and a
@@ -75,7 +77,7 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
             task.cancel()
         done, pending = await asyncio.wait(pending, timeout=0.1)
         for task in done:
-            if not task.cancelled() and task.exception() is not None:
+            if not task.cancelled() and task.exception() is not None and report:
                 log.error("redis task %s failed", task.get_name(), exc_info=task.exception())
 
 
@@ -95,6 +97,19 @@ def client_name(node_id: str, role: str) -> str:
     return re.sub(r"[^!-~]", "_", f"gochat:{node_id}:{role}")
 
 
+# Both kinds of client: no retries inside redis-py (a failed command is reported, never
+# silently re-run, which could append a chat twice), timeouts on every command, no
+# per-command health check (the listener probes).
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": False,
+    "retry": Retry(NoBackoff(), 0),
+    "socket_timeout": COMMAND_TIMEOUT,
+    "socket_connect_timeout": COMMAND_TIMEOUT,
+    "socket_keepalive": True,
+    "health_check_interval": 0,
+}
+
+
 def client(url: str, node_id: str, role: str) -> Redis:
     # No retries inside redis-py: a failed command is reported (never silently re-run,
     # which could append a chat twice), and reconnection is the listener's job.
@@ -104,16 +119,7 @@ def client(url: str, node_id: str, role: str) -> Redis:
     # plain pool refuses past 100), which also cost the node its readiness.
     name = client_name(node_id, role)
     pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        timeout=COMMAND_TIMEOUT,
-        client_name=name,
-        decode_responses=False,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=COMMAND_TIMEOUT,
-        socket_connect_timeout=COMMAND_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=0,
+        url, max_connections=POOL_SIZE, timeout=COMMAND_TIMEOUT, client_name=name, **_CLIENT_OPTIONS
     )
     return Redis.from_pool(pool)
 
@@ -124,15 +130,7 @@ def cluster_client(url: str, node_id: str, role: str) -> RedisCluster:
     answer is followed (the command did not run), and a connection error or CLUSTERDOWN is
     reported to the caller as `unavailable` while the cluster fails over."""
     return RedisCluster.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        client_name=client_name(node_id, role),
-        decode_responses=False,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=COMMAND_TIMEOUT,
-        socket_connect_timeout=COMMAND_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=0,
+        url, max_connections=POOL_SIZE, client_name=client_name(node_id, role), **_CLIENT_OPTIONS
     )
 
 

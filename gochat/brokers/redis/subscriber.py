@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ...events import loggable
 from ..base import Broker, chat_envelope
 from . import history
-from .connection import FAILURES, Commands, client, log, reason
+from .connection import FAILURES, Commands, cancel_all, client, log, reason
 
 SUBSCRIBED = ("subscribe", "ssubscribe")
 MESSAGES = ("message", "smessage")
@@ -336,7 +336,7 @@ class Subscriber:
                 task.result()
             raise RedisConnectionError("subscriber stopped")
         finally:
-            await _end(tasks)
+            await cancel_all(tasks, report=False)  # their errors were the listener's
 
     async def _read_link(self, link: Link) -> None:
         pubsub = link.pubsub
@@ -549,16 +549,3 @@ class Subscriber:
             await link.unsubscribe(channel)
         except FAILURES as exc:
             log.debug("unsubscribe %s: %s", room, exc)
-
-
-async def _end(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the listener's tasks and wait for them (again if a cancel was lost); their
-    errors were the listener's to raise, one is enough."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: no "never retrieved" warning
