@@ -143,7 +143,7 @@ async def run_s7(o: Options, rate: float, redis: str, rooms: int) -> dict[str, A
                 aux_pids=aux,
                 drain_timeout=o.drain,
             )
-        return await run_many_rooms_nodes(
+        return await loadgen.run_many_rooms(
             urls,
             rooms=rooms,
             per_room=PER_ROOM,
@@ -172,70 +172,3 @@ async def run_s7(o: Options, rate: float, redis: str, rooms: int) -> dict[str, A
                 return res | redis_figures(res, list(d.aux_pids))
 
     return await _bounded(_meta("S7", server_name(redis, rooms), rate), budget, body)
-
-
-async def run_many_rooms_nodes(
-    urls: Sequence[str],
-    *,
-    rooms: int = ROOMS,
-    per_room: int = PER_ROOM,
-    rate: float = 1000.0,
-    duration: float = 10.0,
-    warmup: float = 2.0,
-    pids: Sequence[int] = (),
-    aux_pids: dict[str, int] | None = None,
-    drain_timeout: float = 10.0,
-    setup_timeout: float = 120.0,
-) -> dict[str, Any]:
-    """`loadgen.run_many_rooms` (S2) over several nodes, with `aux_pids` measured: client i
-    on urls[i % len(urls)], so each room has members on every node, and every client
-    publishes in its room, `rate` msg/s in all (message k from client k mod n)."""
-    targets = [loadgen.Target.parse(u) for u in urls]
-    n = rooms * per_room
-    total = max(1, round(rate * (warmup + duration)))
-
-    def room_of(i: int) -> str:
-        return f"r{i // per_room}"
-
-    async with loadgen.session() as run:
-        t_setup = run.loop.time()
-        expected_presence = rooms * per_room * (per_room - 1) // 2
-        members, settled = await loadgen.setup(
-            run, targets, n, range(n), room_of, expected_presence, setup_timeout
-        )
-        setup_s = run.loop.time() - t_setup
-        sends = [total // n + (1 if j < total % n else 0) for j in range(n)]  # per publisher
-        for i, c in enumerate(members):
-            base = i - i % per_room
-            c.expect({j: sends[j] - 1 for j in range(base, base + per_room)})
-        run.expect_done(n)
-        loadgen.freeze_gc()
-
-        window = loadgen.Window(run, pids, aux_pids or {})
-        start = run.loop.time() + 0.05
-        w0 = loadgen._ns_at(start + warmup, run.loop)
-        measure = run.loop.create_task(window.measure(start + warmup, duration))
-
-        def send(k: int, sent_ns: int) -> None:
-            j = k % n
-            members[j].write(loadgen.chat_frame(room_of(j), k // n, j, sent_ns))
-
-        await loadgen._publish(window, rate, total, start, send)
-        await measure
-        drained = await loadgen._drain(run, drain_timeout)
-        result: dict[str, Any] = {
-            "clients": n,
-            "rooms": rooms,
-            "nodes": len(targets),
-            "rate": rate,
-            "messages": total,
-            "text_bytes": loadgen.TEXT_SIZE,
-            "probes": n,
-            "setup_s": round(setup_s, 2),
-            "presence_settled": settled,
-            "drained": drained,
-        }
-        result |= window.result()
-        result |= loadgen._stream_totals(members)
-        result |= loadgen._latency(run, w0, w0 + int(duration * 1e9))
-        return result | loadgen._health(run)

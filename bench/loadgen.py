@@ -1123,7 +1123,7 @@ async def run_s1(
 
 
 async def run_many_rooms(
-    url: str,
+    url: str | Sequence[str],
     *,
     rooms: int = 200,
     per_room: int = 10,
@@ -1131,14 +1131,17 @@ async def run_many_rooms(
     duration: float = 10.0,
     warmup: float = 2.0,
     pids: Sequence[int] = (),
+    aux_pids: Mapping[str, int] | None = None,
     presence: bool = True,
     drain_timeout: float = 10.0,
     setup_timeout: float = 120.0,
 ) -> dict[str, Any]:
     """S2: `rooms` rooms of `per_room` clients; every client publishes in its room, `rate`
     msg/s in all (message k comes from client k mod n). At this delivery rate every client
-    can afford to be a probe, so all of them decode and time every message."""
-    target = Target.parse(url)
+    can afford to be a probe, so all of them decode and time every message. With several
+    URLs (nodes), client i connects to urls[i % len(urls)], so every room spans them
+    (S7); `aux_pids` are measured apart, as in run_fanout."""
+    targets = [Target.parse(u) for u in ([url] if isinstance(url, str) else url)]
     n = rooms * per_room
     total = max(1, round(rate * (warmup + duration)))
     rss0 = _rss(pids)
@@ -1150,7 +1153,7 @@ async def run_many_rooms(
         t_setup = run.loop.time()
         expected_presence = rooms * per_room * (per_room - 1) // 2 if presence else 0
         members, settled = await setup(
-            run, [target], n, range(n), room_of, expected_presence, setup_timeout
+            run, targets, n, range(n), room_of, expected_presence, setup_timeout
         )
         setup_s = run.loop.time() - t_setup
         sends = [total // n + (1 if j < total % n else 0) for j in range(n)]  # per publisher
@@ -1161,7 +1164,7 @@ async def run_many_rooms(
         rss1 = _rss(pids)
         freeze_gc()
 
-        window = Window(run, pids, {})
+        window = Window(run, pids, aux_pids or {})
         start = run.loop.time() + 0.05
         w0 = _ns_at(start + warmup, run.loop)
         measure = asyncio.create_task(window.measure(start + warmup, duration))
@@ -1176,6 +1179,7 @@ async def run_many_rooms(
         result: dict[str, Any] = {
             "clients": n,
             "rooms": rooms,
+            "nodes": len(targets),
             "rate": rate,
             "messages": total,
             "text_bytes": TEXT_SIZE,
