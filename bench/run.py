@@ -390,23 +390,30 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+async def fanout(o: Options, d: Deployment, rate: float) -> dict[str, Any]:
+    """One room at `rate` on the deployment `d` (S1, S4, S6): its clients spread over its
+    URLs, its helper processes measured apart."""
+    return await loadgen.run_fanout(
+        d.urls,
+        clients=o.clients,
+        rate=rate,
+        duration=o.duration,
+        warmup=o.warmup,
+        probes=o.probes,
+        pids=d.pids,
+        aux_pids=d.aux_pids,
+        presence=d.presence,
+        drain_timeout=o.drain,
+    )
+
+
 async def run_s1(o: Options, server: str, rate: float) -> dict[str, Any]:
     core = SERVER_CORE if o.pin else None
     budget = 120 + o.warmup + o.duration + o.drain
 
     async def body() -> dict[str, Any]:
         async with deploy(server, o.logdir, core) as d:
-            return await loadgen.run_fanout(
-                d.urls,
-                clients=o.clients,
-                rate=rate,
-                duration=o.duration,
-                warmup=o.warmup,
-                probes=o.probes,
-                pids=d.pids,
-                presence=d.presence,
-                drain_timeout=o.drain,
-            )
+            return await fanout(o, d, rate)
 
     return await _bounded(_meta("S1", server, rate), budget, body)
 
@@ -451,18 +458,7 @@ async def run_s4(o: Options, rate: float) -> dict[str, Any]:
 
     async def body() -> dict[str, Any]:
         async with deploy("gochat", o.logdir, core, nodes=2) as d:
-            return await loadgen.run_fanout(
-                d.urls,
-                clients=o.clients,
-                rate=rate,
-                duration=o.duration,
-                warmup=o.warmup,
-                probes=o.probes,
-                pids=d.pids,
-                aux_pids=d.aux_pids,
-                presence=d.presence,
-                drain_timeout=o.drain,
-            )
+            return await fanout(o, d, rate)
 
     return await _bounded(_meta("S4", "gochat", rate), budget, body)
 
@@ -484,19 +480,7 @@ async def run_s6(o: Options, rate: float, server: str) -> dict[str, Any]:
 
     async def body() -> dict[str, Any]:
         async with deploy("gochat", o.logdir, core, nodes=nodes, workers=workers) as d:
-            res = await loadgen.run_fanout(
-                d.urls,
-                clients=o.clients,
-                rate=rate,
-                duration=o.duration,
-                warmup=o.warmup,
-                probes=o.probes,
-                pids=d.pids,
-                aux_pids=d.aux_pids,
-                presence=d.presence,
-                drain_timeout=o.drain,
-            )
-            return res | {"nodes": len(d.pids)}
+            return await fanout(o, d, rate) | {"nodes": len(d.pids)}
 
     return await _bounded(_meta("S6", server, rate), budget, body)
 
